@@ -1,0 +1,52 @@
+{
+  "targets": [
+    {
+      # The N-API part: loads unchanged in every Node version >= 20.
+      "target_name": "mp_native",
+      "sources": [
+        "native/addon.cc",
+        "native/common.cc",
+        "native/fork.cc",
+        "native/socket.cc",
+        "native/poll.cc",
+        "native/semaphore.cc",
+        "native/shared_memory.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-fexceptions"],
+      "conditions": [
+        ["OS=='linux'", { "libraries": ["-ldl", "-lpthread", "-lrt"] }],
+        ["OS=='mac'", {
+          "xcode_settings": {
+            "GCC_ENABLE_CPP_EXCEPTIONS": "YES",
+            "CLANG_CXX_LANGUAGE_STANDARD": "c++17",
+            "MACOSX_DEPLOYMENT_TARGET": "11.0",
+            "WARNING_CFLAGS": ["-Wall", "-Wextra"]
+          }
+        }],
+        ["OS=='win'", {
+          "sources!": ["native/fork.cc", "native/socket.cc", "native/poll.cc",
+                       "native/semaphore.cc", "native/shared_memory.cc"],
+          "sources": ["native/win/process_win.cc", "native/win/semaphore_win.cc",
+                      "native/win/shared_memory_win.cc", "native/win/socket_win.cc"],
+          "msvs_settings": { "VCCLCompilerTool": { "ExceptionHandling": 1 } }
+        }]
+      ]
+    },
+    {
+      # Parks V8's platform threads around fork(). Uses Node's C++ API, so it is
+      # built against the headers of the Node that will load it (one per version).
+      "target_name": "mp_fork_park",
+      "conditions": [
+        ["OS!='win'", {
+          "sources": ["native/park.cc"],
+          "cflags_cc": ["-Wall", "-Wextra", "-Wno-cast-function-type"],
+          "xcode_settings": { "MACOSX_DEPLOYMENT_TARGET": "11.0" }
+        }]
+      ]
+    }
+  ]
+}

@@ -1,0 +1,307 @@
+// Processes: fork() that works for a Node process (FORK.md), exit, wait, kill, pipes.
+#include "common.h"
+#include <uv.h>
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <vector>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
+namespace mp {
+namespace {
+
+// Hooks of the per-Node-version park library (native/park.cc), found with dlsym.
+typedef int (*ParkFn)(int timeout_ms);
+typedef void (*VoidFn)();
+ParkFn park_threads = nullptr;
+VoidFn unpark_threads = nullptr;
+VoidFn park_after_fork_child = nullptr;
+
+// V8 marks its heap MADV_DONTFORK; without this pass a forked child has no heap.
+void MadviseDoforkAll() {
+#ifdef MADV_DOFORK
+  int fd = RetryEintr([] { return open("/proc/self/maps", O_RDONLY | O_CLOEXEC); });
+  if (fd == -1) return;
+  std::string maps;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = RetryEintr([&] { return read(fd, buf, sizeof buf); });
+    if (n <= 0) break;
+    maps.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  size_t pos = 0;
+  while (pos < maps.size()) {
+    size_t eol = maps.find('\n', pos);
+    if (eol == std::string::npos) eol = maps.size();
+    unsigned long start = 0, end = 0;
+    if (sscanf(maps.c_str() + pos, "%lx-%lx", &start, &end) == 2 && end > start) {
+      // [vsyscall] and similar special ranges refuse (EINVAL): nothing to do for them.
+      madvise(reinterpret_cast<void*>(start), end - start, MADV_DOFORK);
+    }
+    pos = eol + 1;
+  }
+#endif
+}
+
+// A fd that never becomes readable: put in place of inherited listening sockets.
+int dead_fd = -1;
+
+void DisarmHandle(uv_handle_t* handle, void*) {
+  if (handle->type != UV_TCP && handle->type != UV_NAMED_PIPE) return;
+  uv_os_fd_t fd;
+  if (uv_fileno(handle, &fd) != 0 || fd < 0) return;
+  int listening = 0;
+  socklen_t len = sizeof listening;
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening) return;
+  if (dead_fd == -1) {
+    int p[2];
+    if (pipe(p) != 0) return;
+    SetCloexec(p[0], true);
+    SetCloexec(p[1], true);
+    dead_fd = p[0];  // p[1] stays open (never written) so p[0] never reports EOF.
+  }
+  // The child's copy of the listening socket is gone; the parent's stays intact.
+  if (RetryEintr([&] { return dup2(dead_fd, fd); }) != -1) SetCloexec(fd, true);
+  uv_unref(handle);
+}
+
+Napi::Value Fork(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int park_timeout = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int32Value() : 5000;
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr)
+    throw Napi::Error::New(env, "fork: cannot get the event loop");
+  MadviseDoforkAll();
+  if (park_threads) {
+    int r = park_threads(park_timeout);
+    if (r < 0) ThrowErrno(env, -r, "fork (parking V8 platform threads)");
+  }
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (park_after_fork_child) park_after_fork_child();
+    uv_walk(loop, DisarmHandle, nullptr);
+    int r = uv_loop_fork(loop);
+    if (r != 0) {
+      fprintf(stderr, "node-multiprocessing: uv_loop_fork failed in child: %s\n", uv_strerror(r));
+      _exit(70);
+    }
+    return Napi::Number::New(env, 0);
+  }
+  int saved = errno;
+  if (unpark_threads) unpark_threads();
+  if (pid < 0) ThrowErrno(env, saved, "fork");
+  return Napi::Number::New(env, pid);
+}
+
+Napi::Value SetParkLibrary(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "path must be a string");
+  std::string path = info[0].As<Napi::String>();
+  // The library is already loaded by process.dlopen: take a handle to that copy.
+  void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_NOLOAD);
+  if (!h) h = dlopen(path.c_str(), RTLD_NOW);
+  if (!h) throw Napi::Error::New(env, std::string("dlopen: ") + dlerror());
+  auto p = reinterpret_cast<ParkFn>(dlsym(h, "mp_park_threads"));
+  auto u = reinterpret_cast<VoidFn>(dlsym(h, "mp_unpark_threads"));
+  auto c = reinterpret_cast<VoidFn>(dlsym(h, "mp_park_after_fork_child"));
+  if (!p || !u || !c) throw Napi::Error::New(env, "park library lacks mp_park_threads/mp_unpark_threads");
+  park_threads = p;
+  unpark_threads = u;
+  park_after_fork_child = c;
+  return Napi::Boolean::New(env, true);
+}
+
+Napi::Value ExitNow(const Napi::CallbackInfo& info) {
+  int code = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int32Value() : 0;
+  _exit(code & 0xff);
+}
+
+// Python's convention: exit code, or -signal when killed.
+Napi::Value StatusToCode(Napi::Env env, int status) {
+  if (WIFEXITED(status)) return Napi::Number::New(env, WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return Napi::Number::New(env, -WTERMSIG(status));
+  return env.Null();
+}
+
+// waitpid(pid, block): the child's exit code (reaped), or null if still running.
+Napi::Value WaitPid(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  pid_t pid = ArgInt(info, 0, "pid");
+  bool block = ArgBool(info, 1, false);
+  int status = 0;
+  pid_t r = RetryEintr([&] { return waitpid(pid, &status, block ? 0 : WNOHANG); });
+  if (r == 0) return env.Null();
+  if (r < 0) ThrowErrno(env, errno, "waitpid");
+  return StatusToCode(env, status);
+}
+
+// Like WaitPid but leaves the child reapable (for children libuv reaps itself).
+Napi::Value WaitPidNoReap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  pid_t pid = ArgInt(info, 0, "pid");
+  bool block = ArgBool(info, 1, false);
+  siginfo_t si;
+  memset(&si, 0, sizeof si);
+  int r = RetryEintr([&] { return waitid(P_PID, pid, &si, WEXITED | WNOWAIT | (block ? 0 : WNOHANG)); });
+  if (r < 0) ThrowErrno(env, errno, "waitid");
+  if (si.si_pid == 0) return env.Null();
+  if (si.si_code == CLD_EXITED) return Napi::Number::New(env, si.si_status);
+  return Napi::Number::New(env, -si.si_status);
+}
+
+Napi::Value Kill(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  pid_t pid = ArgInt(info, 0, "pid");
+  int sig = ArgInt(info, 1, "signal");
+  if (kill(pid, sig) != 0) {
+    if (errno == ESRCH) return Napi::Boolean::New(env, false);
+    ThrowErrno(env, errno, "kill");
+  }
+  return Napi::Boolean::New(env, true);
+}
+
+Napi::Value GetPid(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), getpid()); }
+Napi::Value GetPpid(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), getppid()); }
+
+Napi::Value Pipe(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int p[2];
+#ifdef __linux__
+  if (pipe2(p, O_CLOEXEC) != 0) ThrowErrno(env, errno, "pipe2");
+#else
+  if (pipe(p) != 0) ThrowErrno(env, errno, "pipe");
+  SetCloexec(p[0], true);
+  SetCloexec(p[1], true);
+#endif
+  Napi::Array a = Napi::Array::New(env, 2);
+  a.Set(0u, Napi::Number::New(env, p[0]));
+  a.Set(1u, Napi::Number::New(env, p[1]));
+  return a;
+}
+
+Napi::Value Close(const Napi::CallbackInfo& info) {
+  int fd = ArgInt(info, 0, "fd");
+  // close() must not be retried on EINTR (the fd is gone either way on Linux).
+  if (close(fd) != 0 && errno != EINTR) ThrowErrno(info.Env(), errno, "close");
+  return info.Env().Undefined();
+}
+
+Napi::Value Dup(const Napi::CallbackInfo& info) {
+  int fd = ArgInt(info, 0, "fd");
+  int r = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (r < 0) ThrowErrno(info.Env(), errno, "dup");
+  return Napi::Number::New(info.Env(), r);
+}
+
+Napi::Value Dup2(const Napi::CallbackInfo& info) {
+  int from = ArgInt(info, 0, "fd");
+  int to = ArgInt(info, 1, "fd");
+  if (from == to) {
+    if (SetCloexec(to, false) != 0) ThrowErrno(info.Env(), errno, "fcntl");
+    return info.Env().Undefined();
+  }
+  if (RetryEintr([&] { return dup2(from, to); }) < 0) ThrowErrno(info.Env(), errno, "dup2");
+  return info.Env().Undefined();
+}
+
+Napi::Value SetCloexecJs(const Napi::CallbackInfo& info) {
+  if (SetCloexec(ArgInt(info, 0, "fd"), ArgBool(info, 1, true)) != 0) ThrowErrno(info.Env(), errno, "fcntl");
+  return info.Env().Undefined();
+}
+
+Napi::Value FdIsOpen(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), fcntl(ArgInt(info, 0, "fd"), F_GETFD) != -1);
+}
+
+// Runs one iteration of the event loop from inside JS: a forked child runs its
+// target this way and never returns to the caller's stack (it ends in _exit).
+Napi::Value RunLoopOnce(const Napi::CallbackInfo& info) {
+  uv_loop_t* loop = nullptr;
+  napi_get_uv_event_loop(info.Env(), &loop);
+  int alive = uv_run(loop, UV_RUN_ONCE);
+  return Napi::Boolean::New(info.Env(), alive != 0);
+}
+
+Napi::Value LoopAlive(const Napi::CallbackInfo& info) {
+  uv_loop_t* loop = nullptr;
+  napi_get_uv_event_loop(info.Env(), &loop);
+  return Napi::Boolean::New(info.Env(), uv_loop_alive(loop) != 0);
+}
+
+// A thread that kills this process once its parent's lifeline fd reports EOF:
+// daemonic children must not outlive a parent that was SIGKILLed.
+void* WatchParent(void* arg) {
+  int fd = static_cast<int>(reinterpret_cast<intptr_t>(arg));
+  char c;
+  for (;;) {
+    ssize_t n = read(fd, &c, 1);
+    if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) break;
+    if (n < 0 && errno == EAGAIN) {
+      struct timespec ts = {0, 50 * 1000 * 1000};
+      nanosleep(&ts, nullptr);
+    }
+  }
+  kill(getpid(), SIGKILL);
+  return nullptr;
+}
+
+Napi::Value WatchParentDeath(const Napi::CallbackInfo& info) {
+  int fd = ArgInt(info, 0, "fd");
+  int own = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (own < 0) ThrowErrno(info.Env(), errno, "dup");
+  SetNonblock(own, false);
+  pthread_t t;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&attr, 64 * 1024);
+  int r = pthread_create(&t, &attr, WatchParent, reinterpret_cast<void*>(static_cast<intptr_t>(own)));
+  pthread_attr_destroy(&attr);
+  if (r != 0) {
+    close(own);
+    ThrowErrno(info.Env(), r, "pthread_create");
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Value SetPdeathsig(const Napi::CallbackInfo& info) {
+#ifdef __linux__
+  if (prctl(PR_SET_PDEATHSIG, ArgInt(info, 0, "signal")) != 0) ThrowErrno(info.Env(), errno, "prctl");
+  return Napi::Boolean::New(info.Env(), true);
+#else
+  return Napi::Boolean::New(info.Env(), false);
+#endif
+}
+
+}  // namespace
+
+void InitProcess(Napi::Env env, Napi::Object exports) {
+  exports.Set("fork", Napi::Function::New(env, Fork, "fork"));
+  exports.Set("setParkLibrary", Napi::Function::New(env, SetParkLibrary, "setParkLibrary"));
+  exports.Set("exitNow", Napi::Function::New(env, ExitNow, "exitNow"));
+  exports.Set("waitpid", Napi::Function::New(env, WaitPid, "waitpid"));
+  exports.Set("waitpidNoReap", Napi::Function::New(env, WaitPidNoReap, "waitpidNoReap"));
+  exports.Set("kill", Napi::Function::New(env, Kill, "kill"));
+  exports.Set("getpid", Napi::Function::New(env, GetPid, "getpid"));
+  exports.Set("getppid", Napi::Function::New(env, GetPpid, "getppid"));
+  exports.Set("pipe", Napi::Function::New(env, Pipe, "pipe"));
+  exports.Set("close", Napi::Function::New(env, Close, "close"));
+  exports.Set("dup", Napi::Function::New(env, Dup, "dup"));
+  exports.Set("dup2", Napi::Function::New(env, Dup2, "dup2"));
+  exports.Set("setCloexec", Napi::Function::New(env, SetCloexecJs, "setCloexec"));
+  exports.Set("fdIsOpen", Napi::Function::New(env, FdIsOpen, "fdIsOpen"));
+  exports.Set("runLoopOnce", Napi::Function::New(env, RunLoopOnce, "runLoopOnce"));
+  exports.Set("loopAlive", Napi::Function::New(env, LoopAlive, "loopAlive"));
+  exports.Set("watchParentDeath", Napi::Function::New(env, WatchParentDeath, "watchParentDeath"));
+  exports.Set("setPdeathsig", Napi::Function::New(env, SetPdeathsig, "setPdeathsig"));
+}
+
+}  // namespace mp

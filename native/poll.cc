@@ -1,0 +1,144 @@
+// Watching fds: an event-loop watcher (uv_poll) for async waits, poll() for sync ones.
+#include "common.h"
+#include <uv.h>
+#include <poll.h>
+#include <vector>
+
+namespace mp {
+namespace {
+
+// new FdWatcher(fd, callback(status, events)); start(events) / stop() / ref() / unref() / close().
+// events: 1 = readable, 2 = writable, 4 = disconnect (UV_READABLE, UV_WRITABLE, UV_DISCONNECT).
+class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "FdWatcher",
+                       {InstanceMethod("start", &FdWatcher::Start), InstanceMethod("stop", &FdWatcher::Stop),
+                        InstanceMethod("ref", &FdWatcher::RefHandle), InstanceMethod("unref", &FdWatcher::UnrefHandle),
+                        InstanceMethod("close", &FdWatcher::Close)});
+  }
+
+  FdWatcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FdWatcher>(info) {
+    Napi::Env env = info.Env();
+    fd_ = ArgInt(info, 0, "fd");
+    if (info.Length() < 2 || !info[1].IsFunction()) throw Napi::TypeError::New(env, "callback must be a function");
+    callback_ = Napi::Persistent(info[1].As<Napi::Function>());
+    uv_loop_t* loop = nullptr;
+    napi_get_uv_event_loop(env, &loop);
+    handle_ = new uv_poll_t;
+    int r = uv_poll_init(loop, handle_, fd_);
+    if (r != 0) {
+      delete handle_;
+      handle_ = nullptr;
+      throw Napi::Error::New(env, std::string("uv_poll_init: ") + uv_err_name(r) + " (" + uv_strerror(r) + ")");
+    }
+    handle_->data = this;
+    env_ = env;
+  }
+
+  ~FdWatcher() override { CloseHandle(); }
+
+ private:
+  Napi::Value Start(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!handle_) throw Napi::Error::New(env, "FdWatcher is closed");
+    int events = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int32Value() : UV_READABLE;
+    int r = uv_poll_start(handle_, events, OnEvent);
+    if (r != 0) throw Napi::Error::New(env, std::string("uv_poll_start: ") + uv_err_name(r));
+    if (!active_) {
+      active_ = true;
+      Ref();  // keep the JS object alive while the loop may call back into it
+    }
+    return env.Undefined();
+  }
+
+  Napi::Value Stop(const Napi::CallbackInfo& info) {
+    StopHandle();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value RefHandle(const Napi::CallbackInfo& info) {
+    if (handle_) uv_ref(reinterpret_cast<uv_handle_t*>(handle_));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value UnrefHandle(const Napi::CallbackInfo& info) {
+    if (handle_) uv_unref(reinterpret_cast<uv_handle_t*>(handle_));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    StopHandle();
+    CloseHandle();
+    return info.Env().Undefined();
+  }
+
+  void StopHandle() {
+    if (handle_) uv_poll_stop(handle_);
+    if (active_) {
+      active_ = false;
+      Unref();
+    }
+  }
+
+  void CloseHandle() {
+    if (!handle_) return;
+    handle_->data = nullptr;
+    uv_close(reinterpret_cast<uv_handle_t*>(handle_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+    handle_ = nullptr;
+  }
+
+  static void OnEvent(uv_poll_t* handle, int status, int events) {
+    auto* self = static_cast<FdWatcher*>(handle->data);
+    if (!self) return;
+    Napi::Env env = self->env_;
+    Napi::HandleScope scope(env);
+    Napi::Value st = Napi::Number::New(env, status);
+    Napi::Value ev = Napi::Number::New(env, events);
+    // MakeCallback runs nextTicks and microtasks afterwards, like any Node callback.
+    self->callback_.MakeCallback(self->Value(), {st, ev});
+  }
+
+  int fd_ = -1;
+  bool active_ = false;
+  uv_poll_t* handle_ = nullptr;
+  Napi::FunctionReference callback_;
+  Napi::Env env_ = nullptr;
+};
+
+// pollFds(fds, timeoutMs, events=readable): the fds that are ready (readable or hung up).
+// timeoutMs < 0 or null waits for ever.
+Napi::Value PollFds(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsArray()) throw Napi::TypeError::New(env, "fds must be an array");
+  Napi::Array arr = info[0].As<Napi::Array>();
+  int timeout = -1;
+  if (info.Length() > 1 && info[1].IsNumber()) {
+    double t = info[1].As<Napi::Number>().DoubleValue();
+    timeout = t < 0 ? 0 : (t > 2147483647.0 ? -1 : static_cast<int>(t + 0.999));
+  }
+  short events = POLLIN;
+  if (info.Length() > 2 && info[2].IsNumber() && info[2].As<Napi::Number>().Int32Value() == 2) events = POLLOUT;
+  std::vector<struct pollfd> pfds(arr.Length());
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    pfds[i].fd = arr.Get(i).As<Napi::Number>().Int32Value();
+    pfds[i].events = events;
+    pfds[i].revents = 0;
+  }
+  int r = RetryEintr([&] { return poll(pfds.data(), pfds.size(), timeout); });
+  if (r < 0) ThrowErrno(env, errno, "poll");
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t k = 0;
+  for (auto& p : pfds)
+    if (p.revents & (events | POLLHUP | POLLERR | POLLNVAL)) out.Set(k++, Napi::Number::New(env, p.fd));
+  return out;
+}
+
+}  // namespace
+
+void InitPoll(Napi::Env env, Napi::Object exports) {
+  exports.Set("FdWatcher", FdWatcher::Define(env));
+  exports.Set("pollFds", Napi::Function::New(env, PollFds, "pollFds"));
+}
+
+}  // namespace mp

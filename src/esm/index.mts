@@ -1,0 +1,2 @@
+// ESM entry: re-exports the CommonJS build, so both share one instance of the library.
+export * from '../index.js';

@@ -1,0 +1,400 @@
+// The forkserver (Python's forkserver.py): a helper node started once with
+// --single-threaded, which forks a child per request. Clients talk to it over a Unix
+// socket in a private directory, authenticate with an HMAC of a challenge, and pass
+// the child's fds with SCM_RIGHTS. The server reports each child's pid, then its exit
+// status, on a per-child socket whose client end is the Process sentinel.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import * as v8 from 'node:v8';
+import { AuthenticationError, ProcessError } from './errors';
+import { ensureForkSupport, native, UV_DISCONNECT, UV_READABLE, type FdWatcherHandle } from './native';
+import { childExecArgv, frameLaunch, getExecutable } from './popen_spawn';
+import { decodeLaunch, inheritedForkserver, runLaunchedChild } from './spawn';
+import { closeFds, debug, registerAfterFork } from './util';
+
+const CHALLENGE_BYTES = 32;
+const STARTUP_TIMEOUT_MS = 30_000;
+const serverMainPath = path.join(__dirname, 'forkserver_main.js');
+
+function hmac(key: Buffer, challenge: Buffer): Buffer {
+  return createHmac('sha256', key).update(challenge).digest();
+}
+
+interface ServerConfig {
+  address: string;
+  authkey: Buffer;
+  preload: string[];
+}
+
+// ---------------------------------------------------------------------------
+// Client side
+
+export class ForkServer {
+  private preload: string[] = [];
+  private address: string | null = null;
+  private authkey: Buffer | null = null;
+  private conn = -1;
+  private server: ChildProcess | null = null;
+  private dir: string | null = null;
+
+  setPreload(modules: string[]): void {
+    if (!Array.isArray(modules) || modules.some((m) => typeof m !== 'string')) {
+      throw new TypeError('setForkserverPreload(modules): modules must be an array of module specifiers or paths');
+    }
+    this.preload = modules.map((m) => (m.startsWith('.') ? path.resolve(m) : m));
+  }
+
+  /** Address and key of the server in use, handed to children so they reuse it. */
+  info(): { address: string; authkey: Buffer } | null {
+    return this.address && this.authkey ? { address: this.address, authkey: this.authkey } : null;
+  }
+
+  /** pid of the server this process started (null if it uses an inherited one). */
+  get serverPid(): number | null {
+    return this.server?.pid ?? null;
+  }
+
+  private ensureConnected(): void {
+    if (this.conn >= 0) return;
+    const inherited = inheritedForkserver();
+    if (!this.address && inherited) {
+      this.address = inherited.address;
+      this.authkey = inherited.authkey;
+    }
+    if (this.address) {
+      try {
+        this.connect();
+        return;
+      } catch (e) {
+        debug(`forkserver at ${this.address} unusable (${(e as Error).message}); starting a new one`);
+        this.address = null;
+      }
+    }
+    this.startServer();
+    this.connect();
+  }
+
+  private connect(): void {
+    const fd = native.unixConnect(this.address!);
+    try {
+      const challenge = native.readExact(fd, CHALLENGE_BYTES, STARTUP_TIMEOUT_MS);
+      if (!challenge) throw new ProcessError('forkserver did not send its challenge');
+      native.sendMsg(fd, hmac(this.authkey!, challenge));
+      const ok = native.readExact(fd, 1, STARTUP_TIMEOUT_MS);
+      if (!ok || ok[0] !== 0x4b) throw new AuthenticationError('forkserver refused our key');
+    } catch (e) {
+      native.close(fd);
+      throw e;
+    }
+    this.conn = fd;
+  }
+
+  private startServer(): void {
+    const why = ensureForkSupport();
+    if (why) throw new Error(`the 'forkserver' start method is unavailable: ${why}`);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mp-fs-'));
+    fs.chmodSync(dir, 0o700);
+    const config: ServerConfig = { address: path.join(dir, 's'), authkey: randomBytes(32), preload: this.preload };
+    const [mine, theirs] = native.socketpair();
+    let child: ChildProcess;
+    try {
+      const argv = ['--single-threaded', ...childExecArgv().filter((a) => a !== '--single-threaded'), serverMainPath];
+      child = spawn(getExecutable(), argv, { stdio: ['ignore', 'inherit', 'inherit', theirs], windowsHide: true });
+    } finally {
+      native.close(theirs);
+    }
+    child.on('error', () => {});
+    try {
+      if (child.pid === undefined) throw new ProcessError(`cannot start the forkserver with ${getExecutable()}`);
+      const body = v8.serialize(config);
+      const header = Buffer.alloc(4);
+      header.writeUInt32BE(body.length);
+      native.sendMsg(mine, Buffer.concat([header, body]));
+      let reply: Buffer | null;
+      try {
+        reply = native.readExact(mine, 2, STARTUP_TIMEOUT_MS);
+      } catch {
+        reply = null;
+      }
+      if (!reply || reply.toString() !== 'ok') {
+        child.kill('SIGKILL');
+        throw new ProcessError('the forkserver failed to start (see its output above)');
+      }
+    } finally {
+      native.close(mine);
+    }
+    child.unref();
+    this.server = child;
+    this.dir = dir;
+    this.address = config.address;
+    this.authkey = config.authkey;
+    debug(`forkserver ${child.pid} listening at ${config.address}`);
+  }
+
+  /**
+   * Asks the server for a child (`payload` is built once the server's address is known). `fds` go to the child: [status socket, stdin, stdout,
+   * stderr, ...launch fds]. Returns the pid, read from `statusFd`.
+   */
+  spawnChild(payload: () => Buffer, launchFds: number[], statusTheirs: number, statusMine: number): number {
+    const fds = [statusTheirs, 0, 1, 2, ...launchFds];
+    for (let attempt = 0; ; attempt++) {
+      try {
+        this.ensureConnected();
+        const message = frameLaunch(payload(), launchFds.length);
+        native.sendMsg(this.conn, message, fds);
+        const reply = native.readExact(statusMine, 4, STARTUP_TIMEOUT_MS);
+        if (!reply) throw new ProcessError('the forkserver did not answer within 30 s');
+        const pid = reply.readInt32BE(0);
+        if (pid < 0) throw new ProcessError(`the forkserver could not fork: errno ${-pid}`);
+        return pid;
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        const serverGone = code === 'EPIPE' || code === 'ECONNRESET' || code === 'ECONNREFUSED' ||
+          code === 'ENOENT' || (e as Error).name === 'EOFError';
+        if (!serverGone || attempt > 0) throw e;
+        debug('forkserver gone; restarting it');
+        this.dropConnection();
+        this.address = null;
+      }
+    }
+  }
+
+  private dropConnection(): void {
+    if (this.conn >= 0) closeFds([this.conn]);
+    this.conn = -1;
+  }
+
+  /** In a forked child: the connection is the parent's; the server may be reused. */
+  afterFork(): void {
+    this.dropConnection();
+    this.server = null;
+    this.dir = null;
+  }
+}
+
+export const forkServer = new ForkServer();
+registerAfterFork(() => forkServer.afterFork());
+
+// ---------------------------------------------------------------------------
+// Server side
+
+interface ClientState {
+  fd: number;
+  watcher: FdWatcherHandle;
+  buffer: Buffer;
+  fds: number[];
+}
+
+class Server {
+  private clients = new Map<number, ClientState>();
+  private kids = new Map<number, number>(); // pid -> status socket
+  private listenFd = -1;
+  private listenWatcher: FdWatcherHandle | null = null;
+  private hadClient = false;
+  private inChild = false;
+
+  constructor(private readonly config: ServerConfig) {}
+
+  listen(): void {
+    this.listenFd = native.unixListen(this.config.address);
+    fs.chmodSync(this.config.address, 0o600);
+    this.listenWatcher = new native.FdWatcher(this.listenFd, () => this.acceptAll());
+    this.listenWatcher.start(UV_READABLE);
+    process.on('SIGCHLD', this.reap);
+    // A client that never connects must not leave the server behind.
+    setTimeout(() => {
+      if (!this.hadClient) this.shutdown();
+    }, STARTUP_TIMEOUT_MS).unref();
+  }
+
+  private acceptAll(): void {
+    for (;;) {
+      const fd = native.accept(this.listenFd);
+      if (fd === null) return;
+      if (!this.authenticate(fd)) {
+        closeFds([fd]);
+        continue;
+      }
+      this.hadClient = true;
+      const watcher = new native.FdWatcher(fd, () => this.onClientData(fd));
+      this.clients.set(fd, { fd, watcher, buffer: Buffer.alloc(0), fds: [] });
+      watcher.start(UV_READABLE | UV_DISCONNECT);
+    }
+  }
+
+  private authenticate(fd: number): boolean {
+    try {
+      native.setNonblock(fd, false);
+      const challenge = randomBytes(CHALLENGE_BYTES);
+      native.sendMsg(fd, challenge);
+      const answer = native.readExact(fd, 32, 5000);
+      if (!answer || !timingSafeEqual(answer, hmac(this.config.authkey, challenge))) return false;
+      native.sendMsg(fd, Buffer.from('K'));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  private onClientData(fd: number): void {
+    const client = this.clients.get(fd);
+    if (!client) return;
+    let msg: { data: Buffer; fds: number[] } | null;
+    try {
+      native.setNonblock(fd, true);
+      msg = native.recvMsg(fd, 1 << 20);
+    } catch {
+      msg = { data: Buffer.alloc(0), fds: [] };
+    }
+    if (msg === null) return;
+    if (msg.data.length === 0) {
+      this.dropClient(client);
+      return;
+    }
+    client.buffer = client.buffer.length ? Buffer.concat([client.buffer, msg.data]) : msg.data;
+    client.fds.push(...msg.fds);
+    while (client.buffer.length >= 8) {
+      const length = client.buffer.readUInt32BE(0);
+      const fdCount = client.buffer.readUInt32BE(4);
+      if (client.buffer.length < 8 + length) return;
+      const payload = client.buffer.subarray(8, 8 + length);
+      client.buffer = client.buffer.subarray(8 + length);
+      const fds = client.fds.splice(0, 4 + fdCount);
+      if (fds.length !== 4 + fdCount) {
+        closeFds(fds);
+        this.dropClient(client);
+        return;
+      }
+      this.forkChild(payload, fds);
+      if (this.inChild) return;
+    }
+  }
+
+  private forkChild(payload: Buffer, fds: number[]): void {
+    const [status, stdin, stdout, stderr, ...launchFds] = fds;
+    let pid: number;
+    try {
+      pid = native.fork();
+    } catch (e) {
+      const reply = Buffer.alloc(4);
+      reply.writeInt32BE(-(Math.abs(Number((e as NodeJS.ErrnoException).errno) || 1)));
+      try {
+        native.write(status, reply);
+      } catch {
+        /* client gone */
+      }
+      closeFds(fds);
+      return;
+    }
+    if (pid === 0) {
+      this.inChild = true;
+      this.becomeChild(status, [stdin, stdout, stderr]);
+      runLaunchedChild(decodeLaunch(Buffer.from(payload)), launchFds, true);
+      return;
+    }
+    closeFds([stdin, stdout, stderr, ...launchFds]);
+    const reply = Buffer.alloc(4);
+    reply.writeInt32BE(pid);
+    try {
+      native.write(status, reply);
+      this.kids.set(pid, status);
+    } catch {
+      // The client went away: nobody wants the status.
+      closeFds([status]);
+      this.kids.set(pid, -1);
+    }
+  }
+
+  /** In a freshly forked child: drop every server resource, take the client's stdio. */
+  private becomeChild(status: number, stdio: number[]): void {
+    process.removeListener('SIGCHLD', this.reap);
+    this.listenWatcher?.close();
+    for (const c of this.clients.values()) c.watcher.close();
+    closeFds([this.listenFd, status, ...this.clients.keys(), ...[...this.kids.values()].filter((fd) => fd >= 0)]);
+    for (const c of this.clients.values()) closeFds(c.fds);
+    this.clients.clear();
+    this.kids.clear();
+    for (let i = 0; i < 3; i++) {
+      native.dup2(stdio[i], i);
+      if (stdio[i] !== i) closeFds([stdio[i]]);
+    }
+  }
+
+  private readonly reap = (): void => {
+    for (const [pid, status] of this.kids) {
+      let code: number | null;
+      try {
+        code = native.waitpid(pid, false);
+      } catch {
+        code = 255;
+      }
+      if (code === null) continue;
+      this.kids.delete(pid);
+      if (status >= 0) {
+        const reply = Buffer.alloc(4);
+        reply.writeInt32BE(code);
+        try {
+          native.write(status, reply);
+        } catch {
+          /* client gone */
+        }
+        closeFds([status]);
+      }
+    }
+  };
+
+  private dropClient(client: ClientState): void {
+    client.watcher.close();
+    closeFds([client.fd, ...client.fds]);
+    this.clients.delete(client.fd);
+    if (this.clients.size === 0) this.shutdown();
+  }
+
+  private shutdown(): void {
+    try {
+      fs.rmSync(path.dirname(this.config.address), { recursive: true, force: true });
+    } catch {
+      /* already gone */
+    }
+    // Children still running keep going (reparented); their clients are gone too.
+    process.exit(0);
+  }
+}
+
+async function loadPreload(spec: string): Promise<void> {
+  try {
+    require(spec);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'ERR_REQUIRE_ESM' && code !== 'ERR_REQUIRE_ASYNC_MODULE') throw e;
+    await import(path.isAbsolute(spec) ? pathToFileURL(spec).href : spec);
+  }
+}
+
+/** Entry point of the server process (forkserver_main.js). */
+export async function serverMain(): Promise<void> {
+  const CONFIG_FD = 3;
+  const header = native.readExact(CONFIG_FD, 4, STARTUP_TIMEOUT_MS);
+  if (!header) process.exit(1);
+  const config = v8.deserialize(native.readExact(CONFIG_FD, header.readUInt32BE(0))!) as ServerConfig;
+  const why = ensureForkSupport();
+  if (why) {
+    process.stderr.write(`node-multiprocessing forkserver: ${why}\n`);
+    process.exit(1);
+  }
+  for (const spec of config.preload) {
+    try {
+      await loadPreload(spec);
+    } catch (e) {
+      process.stderr.write(`node-multiprocessing forkserver: cannot preload ${spec}: ${(e as Error).message}\n`);
+    }
+  }
+  const server = new Server(config);
+  server.listen();
+  native.sendMsg(CONFIG_FD, Buffer.from('ok'));
+  native.close(CONFIG_FD);
+}

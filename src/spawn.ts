@@ -1,0 +1,281 @@
+// Starting a child's life: what travels to it (LaunchData) and how it runs its target
+// and exits, for each start method (Python's spawn.py and Process._bootstrap).
+import * as async_hooks from 'node:async_hooks';
+import * as v8 from 'node:v8';
+import { native } from './native';
+import {
+  becomeChild, currentProcess, kState, libraryProcessClasses, ParentProcess, Process, setImportingTargetModule,
+} from './process';
+import { describeFunction, dumps, FunctionRef, loads, resolveFunction, StartMethod } from './reduction';
+import { registerAfterFork, runAfterForkHooks } from './util';
+
+export interface LaunchData {
+  name: string;
+  daemon: boolean;
+  authkey: Buffer;
+  identity: number[];
+  parentPid: number;
+  parentName: string;
+  targetRef: FunctionRef | null;
+  classRef: FunctionRef | null;
+  /** dumps({ args, props }): the target's args and a subclass's own properties. */
+  data: Buffer;
+  method: StartMethod;
+  env: Record<string, string | undefined>;
+  cwd: string;
+  /** Index in the fds that arrived of the parent's lifeline (EOF when the parent dies). */
+  aliveFd: number;
+  /** The forkserver this process tree uses, so children reuse it. */
+  forkserver: { address: string; authkey: Buffer } | null;
+}
+
+/** Builds what a spawn/forkserver child needs; fds of args are appended to `fds`. */
+export function prepareLaunch(proc: Process, method: StartMethod, fds: number[], aliveFd: number,
+                              forkserver: LaunchData['forkserver']): LaunchData {
+  const st = proc[kState];
+  const ctor = proc.constructor;
+  const isUserClass = !libraryProcessClasses.has(ctor);
+  const targetRef = st.target ? describeFunction(st.target, `the target of ${proc.name}`, st.callerUrl) : null;
+  const classRef = isUserClass ? describeFunction(ctor, `the Process subclass ${ctor.name}`, st.callerUrl) : null;
+  const props: Record<string, unknown> = {};
+  for (const k of Object.keys(proc)) props[k] = (proc as unknown as Record<string, unknown>)[k];
+  const data = dumps({ args: st.args, props }, method, fds, `the arguments of ${proc.name}`);
+  return {
+    name: proc.name,
+    daemon: st.daemon,
+    authkey: st.authkey,
+    identity: st.identity,
+    parentPid: native.getpid(),
+    parentName: currentProcess().name,
+    targetRef,
+    classRef,
+    data,
+    method,
+    env: { ...process.env },
+    cwd: process.cwd(),
+    aliveFd,
+    forkserver,
+  };
+}
+
+export function encodeLaunch(launch: LaunchData): Buffer {
+  return v8.serialize(launch);
+}
+
+export function decodeLaunch(buf: Buffer): LaunchData {
+  return v8.deserialize(buf) as LaunchData;
+}
+
+/** Fds this process holds only so its parent sees it die: never inherited further. */
+const lifelineFds: number[] = [];
+export function addLifelineFd(fd: number): void {
+  native.setCloexec(fd, true);
+  lifelineFds.push(fd);
+}
+registerAfterFork(() => {
+  for (const fd of lifelineFds.splice(0)) {
+    try {
+      native.close(fd);
+    } catch {
+      /* gone */
+    }
+  }
+});
+
+let forkserverOfTree: LaunchData['forkserver'] = null;
+export function inheritedForkserver(): LaunchData['forkserver'] {
+  return forkserverOfTree;
+}
+
+function applyEnvironment(launch: LaunchData): void {
+  for (const k of Object.keys(process.env)) if (!(k in launch.env)) delete process.env[k];
+  for (const [k, v] of Object.entries(launch.env)) if (v !== undefined && process.env[k] !== v) process.env[k] = v;
+  if (process.cwd() !== launch.cwd) process.chdir(launch.cwd);
+}
+
+function describeError(e: unknown): string {
+  if (e instanceof Error) return e.stack ?? `${e.name}: ${e.message}`;
+  return `uncaught value: ${String(e)}`;
+}
+
+function reportFailure(name: string, e: unknown): void {
+  process.stderr.write(`Process ${name}:\n${describeError(e)}\n`);
+}
+
+/** Builds the Process object of a spawn/forkserver child from its LaunchData. */
+async function rebuildProcess(launch: LaunchData, fds: readonly number[]): Promise<Process> {
+  const aliveFd = launch.aliveFd >= 0 ? fds[launch.aliveFd] : -1;
+  const parentInfo = new ParentProcess(launch.parentPid, launch.parentName, aliveFd);
+  forkserverOfTree = launch.forkserver;
+  let target: Function | null = null;
+  let cls: Function = Process;
+  const importing = launch.targetRef ?? launch.classRef;
+  setImportingTargetModule(importing && importing.kind !== 'source' ? (importing.kind === 'cjs' ? importing.path : importing.url) : null);
+  try {
+    if (launch.classRef) cls = await resolveFunction(launch.classRef, `the Process subclass of ${launch.name}`);
+    if (launch.targetRef) target = await resolveFunction(launch.targetRef, `the target of ${launch.name}`);
+  } finally {
+    setImportingTargetModule(null);
+  }
+  const { args, props } = loads(launch.data, launch.method, fds) as { args: unknown[]; props: Record<string, unknown> };
+  const proc = Object.create(cls.prototype) as Process;
+  (proc as { [kState]: Process[typeof kState] })[kState] = {
+    target,
+    args,
+    name: launch.name,
+    daemon: launch.daemon,
+    identity: launch.identity,
+    authkey: launch.authkey,
+    parentPid: launch.parentPid,
+    context: null,
+    callerUrl: null,
+    popen: null,
+    closed: false,
+    childCounter: 0,
+    selfPid: null,
+  };
+  Object.assign(proc, props);
+  becomeChild(proc, parentInfo);
+  if (launch.daemon && aliveFd >= 0) native.watchParentDeath(aliveFd);
+  return proc;
+}
+
+/** Runs the process's run(); returns its exit code (1 and a report on stderr if it threw). */
+async function runBody(proc: Process): Promise<number> {
+  try {
+    await proc.run();
+    return 0;
+  } catch (e) {
+    reportFailure(proc.name, e);
+    return 1;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Exits
+
+/** Leaves the child: 'exit' listeners run, then (forked) _exit through reallyExit. */
+function exitProcess(code: number): never {
+  process.exit(code);
+}
+
+/** Makes a forked copy of Node safe to run JS in: fresh pids, exit through _exit. */
+export function prepareForkedProcess(): void {
+  const pid = native.getpid();
+  Object.defineProperty(process, 'pid', { value: pid, configurable: true, enumerable: true, writable: true });
+  Object.defineProperty(process, 'ppid', { get: () => native.getppid(), configurable: true, enumerable: true });
+  // process.exit() ends in process.reallyExit(); Node's own teardown crashes in a fork.
+  (process as unknown as { reallyExit(code: number): void }).reallyExit = (code: number) => native.exitNow(code);
+  runAfterForkHooks();
+}
+
+/** Inherited listeners belong to the parent's program; a child starts without them. */
+const inheritedEvents = ['exit', 'beforeExit', 'uncaughtException', 'unhandledRejection', 'uncaughtExceptionMonitor',
+  'SIGINT', 'SIGTERM', 'SIGHUP', 'SIGCHLD', 'SIGUSR2', 'SIGPIPE', 'SIGWINCH', 'message', 'disconnect'] as const;
+
+function dropInheritedListeners(): void {
+  for (const ev of inheritedEvents) process.removeAllListeners(ev);
+}
+
+function installFailureHandlers(exit: (code: number) => void): void {
+  process.on('uncaughtException', (e) => {
+    reportFailure(currentProcess().name, e);
+    exit(1);
+  });
+}
+
+// ---------------------------------------------------------------------------
+// A forked child (fork or forkserver) continues inside the call that forked, deep
+// in the parent's stack. It must never return there, nor to Node's own loop, whose
+// NodePlatform::DrainTasks would wait for ever on platform tasks that were in flight
+// at the fork (the parked ones among them). So it runs its own event loop, one
+// uv_run(UV_RUN_ONCE) at a time, and leaves through _exit.
+
+/** Resources (timers, sockets, requests) the child creates after the fork. */
+function trackOwnResources(): () => boolean {
+  const live = new Map<number, unknown>();
+  const ignored = new Set(['PROMISE', 'TickObject', 'Microtask', 'ELDHISTOGRAM']);
+  async_hooks
+    .createHook({
+      init(id, type, _trigger, resource) {
+        if (!ignored.has(type)) live.set(id, resource);
+      },
+      destroy(id) {
+        live.delete(id);
+      },
+    })
+    .enable();
+  return () => {
+    for (const r of live.values()) {
+      const hasRef = (r as { hasRef?: () => boolean } | null)?.hasRef;
+      if (typeof hasRef !== 'function' || hasRef.call(r)) return true;
+    }
+    return false;
+  };
+}
+
+/**
+ * Runs the event loop until `body` has settled and the child has no work of its
+ * own left (`ownWork`, or else: nothing keeps the loop alive), then exits.
+ */
+function driveForkedChild(body: Promise<number>, ownWork: (() => boolean) | null): never {
+  let code: number | null = null;
+  body.then(
+    (c) => { code = c; },
+    (e) => { reportFailure(currentProcess().name, e); code = 1; },
+  );
+  const tick = () => (process as unknown as { _tickCallback(): void })._tickCallback();
+  for (;;) {
+    tick();
+    if (code !== null && (code !== 0 || (ownWork !== null && !ownWork()))) break;
+    native.runLoopOnce();
+    tick();
+    if (!native.loopAlive()) {
+      // As Node does when its loop drains: 'beforeExit' may schedule more work.
+      process.emit('beforeExit', process.exitCode !== undefined ? Number(process.exitCode) : 0);
+      tick();
+      if (!native.loopAlive()) break;
+    }
+  }
+  const final = code === null || code === 0 ? (process.exitCode !== undefined ? Number(process.exitCode) : 0) : code;
+  exitProcess(final);
+}
+
+export function runForkedChild(proc: Process, aliveFd: number, lifelineFd: number): never {
+  const parentInfo = new ParentProcess(native.getppid(), currentProcess().name, aliveFd);
+  prepareForkedProcess();
+  dropInheritedListeners();
+  addLifelineFd(lifelineFd);
+  becomeChild(proc, parentInfo);
+  if (proc.daemon) native.watchParentDeath(aliveFd);
+  installFailureHandlers(exitProcess);
+  // Inherited handles (the parent's servers, timers) must not keep the child alive.
+  const ownWork = trackOwnResources();
+  driveForkedChild(runBody(proc), ownWork);
+}
+
+// ---------------------------------------------------------------------------
+// 'forkserver' (forked, but from our own server: nothing of the user's is inherited)
+// and 'spawn' (a fresh node, which exits the normal way).
+
+async function launchedBody(launch: LaunchData, fds: readonly number[]): Promise<number> {
+  applyEnvironment(launch);
+  let proc: Process;
+  try {
+    proc = await rebuildProcess(launch, fds);
+  } catch (e) {
+    reportFailure(launch.name, e);
+    return 1;
+  }
+  return runBody(proc);
+}
+
+export function runLaunchedChild(launch: LaunchData, fds: readonly number[], forked: boolean): void {
+  if (forked) prepareForkedProcess();
+  dropInheritedListeners();
+  installFailureHandlers(exitProcess);
+  if (forked) driveForkedChild(launchedBody(launch, fds), null);
+  void launchedBody(launch, fds).then((code) => {
+    if (code !== 0) exitProcess(code);
+  });
+}

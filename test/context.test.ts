@@ -1,0 +1,171 @@
+import { expect } from 'chai';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as mp from '../src/index';
+import { forkServer } from '../src/forkserver';
+import * as t from './fixtures/targets';
+import { methodsUnderTest, pidAlive, readJson, runScenario, tmpFile, waitUntil, within } from './helpers';
+
+const singleThreaded = process.execArgv.includes('--single-threaded');
+
+describe('start methods and contexts', function () {
+  this.timeout(30_000);
+
+  it('lists the usable methods, default first', () => {
+    const all = mp.getAllStartMethods();
+    expect(all[0]).to.equal('forkserver');
+    expect(all).to.include('spawn');
+    expect(all.includes('fork')).to.equal(singleThreaded);
+    expect(mp.getStartMethod()).to.equal('forkserver');
+  });
+
+  it("refuses 'fork' without --single-threaded, naming the alternatives", () => {
+    if (singleThreaded) {
+      expect(mp.getContext('fork').getStartMethod()).to.equal('fork');
+    } else {
+      expect(() => mp.getContext('fork')).to.throw(/--single-threaded.*'forkserver'.*'spawn'/s);
+    }
+    expect(() => mp.getContext('bogus' as mp.StartMethod)).to.throw(/unknown start method/);
+  });
+
+  it('setStartMethod() sets once, and again only with force', () => {
+    try {
+      mp.setStartMethod('spawn');
+      expect(mp.getStartMethod()).to.equal('spawn');
+      expect(() => mp.setStartMethod('forkserver')).to.throw(/already set.*force/);
+      mp.setStartMethod('forkserver', { force: true });
+      expect(mp.getStartMethod()).to.equal('forkserver');
+    } finally {
+      mp.setStartMethod(null, { force: true });
+    }
+    expect(mp.getStartMethod(true)).to.equal(null);
+  });
+
+  it('gives contexts every factory, with and without new', () => {
+    const ctx = mp.getContext('spawn');
+    expect(ctx.getStartMethod()).to.equal('spawn');
+    const a = new ctx.Process({ target: t.sleepFor, args: [1] });
+    const b = (ctx.Process as unknown as (o: mp.ProcessOptions<[number]>) => mp.Process)({ target: t.sleepFor, args: [1] });
+    expect(a).to.be.instanceOf(mp.Process);
+    expect(b).to.be.instanceOf(mp.Process);
+    expect(typeof ctx.currentProcess).to.equal('function');
+    expect(ctx.cpuCount()).to.equal(mp.cpuCount());
+  });
+
+  it('validates setExecutable() and setForkserverPreload()', () => {
+    expect(() => mp.setExecutable('')).to.throw(TypeError);
+    expect(() => mp.setForkserverPreload('x' as never)).to.throw(TypeError);
+  });
+});
+
+for (const method of methodsUnderTest()) {
+  describe(`guards and module loading under '${method}'`, function () {
+    this.timeout(30_000);
+
+    it('refuses an unguarded recursive start instead of a fork bomb', async () => {
+      const r = await runScenario('unguarded.js', [method], { singleThreaded: method === 'fork' });
+      if (method === 'fork') {
+        // The child does not re-import its module under fork: nothing recursive happens.
+        expect(r.code).to.equal(0);
+      } else {
+        expect(r.stderr).to.match(/main-module guard/);
+        expect(r.stdout).to.match(/child exit code 1/);
+      }
+    });
+
+    it('works from an ES module (function sent by reference)', async () => {
+      const r = await runScenario('esm_main.mjs', [method], { singleThreaded: method === 'fork' });
+      expect(r.stderr).to.equal('');
+      expect(r.stdout.trim()).to.equal('exit 0 result 42 sq 49');
+    });
+
+    it("passes on the parent's execArgv", async () => {
+      const file = tmpFile('execargv');
+      const r = await runScenario('execargv.js', [method, file], { singleThreaded: method === 'fork' });
+      expect(r.code, r.stderr).to.equal(0);
+      const argv = readJson<string[]>(file);
+      expect(argv).to.include('--max-old-space-size=300');
+    });
+  });
+}
+
+if (methodsUnderTest().includes('forkserver')) {
+  describe("the forkserver under 'forkserver'", function () {
+    this.timeout(30_000);
+    const ctx = mp.getContext('forkserver');
+
+    it('runs children of its own, reports their pid and status to the client', async () => {
+      const file = tmpFile('fsinfo');
+      const p = new ctx.Process({ target: t.writeInfo, args: [file, null] });
+      p.start();
+      await within(p.join(), 15_000, 'join');
+      const info = readJson(file);
+      expect(info.pid).to.equal(p.pid);
+      expect(info.ppid).to.not.equal(process.pid); // the server is the OS parent, not us
+      expect(info.parentPid).to.equal(process.pid); // but parentProcess() is us
+      expect(forkServer.serverPid).to.equal(info.ppid);
+    });
+
+    it('restarts transparently when the server is killed', async () => {
+      const warm = new ctx.Process({ target: t.sleepFor, args: [1] });
+      warm.start();
+      await within(warm.join(), 15_000, 'join');
+      const old = forkServer.serverPid!;
+      process.kill(old, 'SIGKILL');
+      await waitUntil(() => !pidAlive(old), 5000, 'the server to die');
+      const p = new ctx.Process({ target: t.exitWith, args: [3] });
+      p.start();
+      await within(p.join(), 15_000, 'join');
+      expect(p.exitCode).to.equal(3);
+      expect(forkServer.serverPid).to.not.equal(old);
+    });
+
+    it('exits when its last client is gone', async () => {
+      const r = await runScenario('forkserver_client.js', []);
+      expect(r.code, r.stderr).to.equal(0);
+      const serverPid = Number(r.stdout.trim());
+      expect(serverPid).to.be.above(0);
+      await waitUntil(() => !pidAlive(serverPid), 5000, 'the forkserver to exit');
+    });
+
+    it('preloads modules given to setForkserverPreload()', async () => {
+      const r = await runScenario('preload.js', [path.join(__dirname, 'fixtures', 'preloaded.js')]);
+      expect(r.code, r.stderr).to.equal(0);
+      expect(r.stdout.trim()).to.equal('preloaded in server: true');
+    });
+  });
+}
+
+if (methodsUnderTest().includes('fork')) {
+  describe("inherited handles under 'fork'", function () {
+    this.timeout(30_000);
+
+    it("never accepts on the parent's listening server, and is not kept alive by it", async () => {
+      const r = await runScenario('inherited_server.js', [], { singleThreaded: true });
+      expect(r.stderr).to.equal('');
+      const out = JSON.parse(r.stdout) as { served: number[]; childExit: number; childMs: number };
+      expect(out.childExit).to.equal(0);
+      expect(out.childMs).to.be.below(5000);
+      // Every connection was answered by the parent.
+      expect(out.served.every((pid) => pid === out.served[0])).to.equal(true);
+      expect(out.served).to.have.length(20);
+    });
+  });
+}
+
+describe('package entry points', function () {
+  this.timeout(30_000);
+
+  it('loads as ESM and CommonJS, sharing one instance', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const root = path.resolve(__dirname, '..', '..');
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', `
+      import * as esm from 'node-multiprocessing';
+      import { createRequire } from 'node:module';
+      const cjs = createRequire(import.meta.url)('node-multiprocessing');
+      console.log(esm.Process === cjs.Process, esm.currentProcess() === cjs.currentProcess(), typeof esm.getContext);
+    `], { cwd: root, encoding: 'utf8' });
+    expect(out.trim()).to.equal('true true function');
+    expect(fs.existsSync(path.join(root, 'dist', 'src', 'index.d.ts'))).to.equal(true);
+  });
+});
