@@ -30,8 +30,9 @@
         ["OS=='win'", {
           "sources!": ["native/fork.cc", "native/socket.cc", "native/poll.cc",
                        "native/semaphore.cc", "native/shared_memory.cc"],
-          "sources": ["native/win/process_win.cc", "native/win/semaphore_win.cc",
-                      "native/win/shared_memory_win.cc", "native/win/socket_win.cc"],
+          "sources": ["native/win/win_util.cc", "native/win/process_win.cc",
+                      "native/win/semaphore_win.cc", "native/win/shared_memory_win.cc",
+                      "native/win/socket_win.cc", "native/win/poll_win.cc"],
           "msvs_settings": { "VCCLCompilerTool": { "ExceptionHandling": 1 } }
         }]
       ]

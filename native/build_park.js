@@ -22,12 +22,20 @@ if (nodeDir) {
   const nodeBin = path.join(nodeDir, 'bin', 'node');
   abi = execFileSync(nodeBin, ['-p', 'process.versions.modules'], { encoding: 'utf8' }).trim();
   const gyp = require.resolve('node-gyp/bin/node-gyp.js');
+  // configure + build, not rebuild: rebuild would delete build/park of other versions.
   // The N-API addon built against those headers still loads in every version.
-  execFileSync(process.execPath, [gyp, 'rebuild', `--nodedir=${nodeDir}`], {
-    cwd: root,
-    stdio: ['ignore', 'ignore', 'inherit'],
-    env: { ...process.env, npm_config_nodedir: nodeDir },
-  });
+  for (const cmd of [['configure', `--nodedir=${nodeDir}`], ['build']]) {
+    try {
+      execFileSync(process.execPath, [gyp, ...cmd], {
+        cwd: root,
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, npm_config_nodedir: nodeDir },
+      });
+    } catch (e) {
+      process.stderr.write(String(e.stderr || e.message));
+      process.exit(1);
+    }
+  }
 }
 const dest = path.join(root, 'build', 'park', `node-v${abi}-${process.platform}-${process.arch}`);
 if (!fs.existsSync(built)) {

@@ -230,10 +230,13 @@ Napi::Value RunLoopOnce(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), alive != 0);
 }
 
+// Whether anything active and ref'd remains. Unlike uv_loop_alive() this ignores
+// handles that are only closing: a forked child has been seen to keep a closing
+// handle listed for ever, which would spin its loop.
 Napi::Value LoopAlive(const Napi::CallbackInfo& info) {
   uv_loop_t* loop = nullptr;
   napi_get_uv_event_loop(info.Env(), &loop);
-  return Napi::Boolean::New(info.Env(), uv_loop_alive(loop) != 0);
+  return Napi::Boolean::New(info.Env(), loop->active_handles > 0 || loop->active_reqs.count > 0);
 }
 
 // A thread that kills this process once its parent's lifeline fd reports EOF:

@@ -108,7 +108,7 @@ NODE_MODULE_INIT(/* exports, module, context */) {
     sem_init(&arrived, 0, 0);
     sem_init(&released, 0, 0);
   }
-  v8::Isolate* isolate = context->GetIsolate();
+  v8::Isolate* isolate = v8::Isolate::GetCurrent();  // Context::GetIsolate is gone in V8 14
   v8::Local<v8::Function> fn = v8::Function::New(context, WorkerCount).ToLocalChecked();
   exports->Set(context, v8::String::NewFromUtf8Literal(isolate, "workerCount"), fn).Check();
   v8::Local<v8::Function> in_microtask = v8::Function::New(context, InMicrotask).ToLocalChecked();

@@ -4,7 +4,13 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/uio.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <algorithm>
 #include <unistd.h>
+#include <memory>
 #include <vector>
 
 namespace mp {
@@ -164,9 +170,11 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   int timeout = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().Int32Value() : -2;
   if (max <= 0 || max > (1 << 30)) throw Napi::RangeError::New(env, "maxBytes out of range");
   if (timeout != -2 && !WaitFd(fd, POLLIN, timeout)) return env.Null();
-  std::vector<uint8_t> buf(static_cast<size_t>(max));
+  // Not zero-filled: only the bytes received are copied out.
+  std::unique_ptr<uint8_t[]> storage(new uint8_t[static_cast<size_t>(max)]);
+  uint8_t* data = storage.get();
   std::vector<char> control(CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage));
-  struct iovec iov = {buf.data(), buf.size()};
+  struct iovec iov = {data, static_cast<size_t>(max)};
   struct msghdr msg;
   memset(&msg, 0, sizeof msg);
   msg.msg_iov = &iov;
@@ -201,7 +209,7 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
     throw Napi::Error::New(env, "recvmsg: too many fds in one message (MSG_CTRUNC)");
   }
   Napi::Object out = Napi::Object::New(env);
-  out.Set("data", Napi::Buffer<uint8_t>::Copy(env, buf.data(), static_cast<size_t>(n)));
+  out.Set("data", Napi::Buffer<uint8_t>::Copy(env, data, static_cast<size_t>(n)));
   out.Set("fds", fds);
   return out;
 }
@@ -270,9 +278,295 @@ Napi::Value SetNonblockJs(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+
+// ---------------------------------------------------------------------------
+// Connection I/O (src/connection.ts): reads into a caller's buffer, writes a
+// header and a body in one call, TCP listen/connect.
+
+// Whether fd is a socket (recvmsg/sendmsg work) rather than a pipe.
+Napi::Value IsSocket(const Napi::CallbackInfo& info) {
+  int fd = ArgInt(info, 0, "fd");
+  int type = 0;
+  socklen_t len = sizeof type;
+  bool sock = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0;
+  return Napi::Boolean::New(info.Env(), sock);
+}
+
+// connRecv(fd, buf, offset, length, isSocket, timeoutMs): reads at most `length`
+// bytes into buf[offset..]. Returns the count (0 at EOF), -1 when nothing arrived
+// (timeoutMs 0: would block; > 0: timed out; < 0 waits for ever), or
+// [count, fds] when fds arrived with the bytes (SCM_RIGHTS).
+Napi::Value ConnRecv(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt(info, 0, "fd");
+  if (info.Length() < 2 || !info[1].IsBuffer()) throw Napi::TypeError::New(env, "buf must be a Buffer");
+  Napi::Buffer<uint8_t> buf = info[1].As<Napi::Buffer<uint8_t>>();
+  int64_t off = ArgInt64(info, 2, "offset");
+  int64_t len = ArgInt64(info, 3, "length");
+  bool is_socket = ArgBool(info, 4, true);
+  int timeout = info.Length() > 5 && info[5].IsNumber() ? info[5].As<Napi::Number>().Int32Value() : 0;
+  if (off < 0 || len <= 0 || static_cast<uint64_t>(off + len) > buf.Length())
+    throw Napi::RangeError::New(env, "offset/length out of range");
+  alignas(struct cmsghdr) static thread_local char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
+  for (;;) {
+    ssize_t n;
+    struct msghdr msg;
+    struct iovec iov = {buf.Data() + off, static_cast<size_t>(len)};
+    if (is_socket) {
+      memset(&msg, 0, sizeof msg);
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof control;
+#ifdef MSG_CMSG_CLOEXEC
+      const int flags = MSG_CMSG_CLOEXEC | MSG_DONTWAIT;
+#else
+      const int flags = MSG_DONTWAIT;
+#endif
+      n = RetryEintr([&] { return recvmsg(fd, &msg, flags); });
+    } else {
+      n = RetryEintr([&] { return read(fd, buf.Data() + off, static_cast<size_t>(len)); });
+    }
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        if (timeout == 0) return Napi::Number::New(env, -1);
+        if (!WaitFd(fd, POLLIN, timeout < 0 ? -1 : timeout)) return Napi::Number::New(env, -1);
+        continue;
+      }
+      if (errno == ECONNRESET) return Napi::Number::New(env, 0);  // as EOF
+      ThrowErrno(env, errno, is_socket ? "recvmsg" : "read");
+    }
+    if (!is_socket || msg.msg_controllen == 0) return Napi::Number::New(env, static_cast<double>(n));
+    Napi::Array fds = Napi::Array::New(env);
+    uint32_t nfds = 0;
+    for (struct cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm != nullptr; cm = CMSG_NXTHDR(&msg, cm)) {
+      if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+      size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      int* p = reinterpret_cast<int*>(CMSG_DATA(cm));
+      for (size_t i = 0; i < count; i++) {
+#ifndef MSG_CMSG_CLOEXEC
+        SetCloexec(p[i], true);
+#endif
+        fds.Set(nfds++, Napi::Number::New(env, p[i]));
+      }
+    }
+    if (nfds == 0) return Napi::Number::New(env, static_cast<double>(n));
+    Napi::Array out = Napi::Array::New(env, 2);
+    out.Set(0u, Napi::Number::New(env, static_cast<double>(n)));
+    out.Set(1u, fds);
+    return out;
+  }
+}
+
+// connSend(fd, header, body, offset, length, fds, isSocket): writes header then
+// body[offset, offset+length) completely, waiting while the fd is full; fds travel
+// with the first byte. Throws on error (EPIPE when the reader is gone).
+Napi::Value ConnSend(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt(info, 0, "fd");
+  if (info.Length() < 3 || !info[1].IsBuffer() || !info[2].IsBuffer())
+    throw Napi::TypeError::New(env, "header and body must be Buffers");
+  Napi::Buffer<uint8_t> header = info[1].As<Napi::Buffer<uint8_t>>();
+  Napi::Buffer<uint8_t> body = info[2].As<Napi::Buffer<uint8_t>>();
+  int64_t off = ArgInt64(info, 3, "offset");
+  int64_t len = ArgInt64(info, 4, "length");
+  if (off < 0 || len < 0 || static_cast<uint64_t>(off + len) > body.Length())
+    throw Napi::RangeError::New(env, "offset/length out of range");
+  std::vector<int> fds;
+  if (info.Length() > 5 && info[5].IsArray()) {
+    Napi::Array arr = info[5].As<Napi::Array>();
+    for (uint32_t i = 0; i < arr.Length(); i++) fds.push_back(arr.Get(i).As<Napi::Number>().Int32Value());
+  }
+  bool is_socket = ArgBool(info, 6, true);
+  if (fds.size() > kMaxFdsPerMessage) throw Napi::RangeError::New(env, "too many fds in one message");
+  if (!fds.empty() && !is_socket) throw Napi::TypeError::New(env, "fds can only be sent over a socket, not a pipe");
+  const uint8_t* parts[2] = {header.Data(), body.Data() + off};
+  size_t sizes[2] = {header.Length(), static_cast<size_t>(len)};
+  size_t done[2] = {0, 0};
+  bool fds_sent = fds.empty();
+  std::vector<char> control;
+  while (done[0] < sizes[0] || done[1] < sizes[1]) {
+    struct iovec iov[2];
+    int niov = 0;
+    for (int i = 0; i < 2; i++) {
+      if (done[i] < sizes[i]) {
+        iov[niov].iov_base = const_cast<uint8_t*>(parts[i] + done[i]);
+        iov[niov].iov_len = sizes[i] - done[i];
+        niov++;
+      }
+    }
+    ssize_t n;
+    if (is_socket) {
+      struct msghdr msg;
+      memset(&msg, 0, sizeof msg);
+      msg.msg_iov = iov;
+      msg.msg_iovlen = niov;
+      if (!fds_sent) {
+        control.assign(CMSG_SPACE(sizeof(int) * fds.size()), 0);
+        msg.msg_control = control.data();
+        msg.msg_controllen = control.size();
+        struct cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+        memcpy(CMSG_DATA(cm), fds.data(), sizeof(int) * fds.size());
+      }
+#ifdef MSG_NOSIGNAL
+      const int flags = MSG_NOSIGNAL | MSG_DONTWAIT;
+#else
+      const int flags = MSG_DONTWAIT;
+#endif
+      n = RetryEintr([&] { return sendmsg(fd, &msg, flags); });
+    } else {
+      n = RetryEintr([&] { return writev(fd, iov, niov); });
+    }
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        WaitFd(fd, POLLOUT, -1);
+        continue;
+      }
+      ThrowErrno(env, errno, is_socket ? "sendmsg" : "write");
+    }
+    fds_sent = true;
+    size_t k = static_cast<size_t>(n);
+    for (int i = 0; i < 2 && k > 0; i++) {
+      size_t take = std::min(k, sizes[i] - done[i]);
+      done[i] += take;
+      k -= take;
+    }
+  }
+  return env.Undefined();
+}
+
+int NewInetSocket(Napi::Env env, int family) {
+#ifdef SOCK_CLOEXEC
+  int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+#else
+  int fd = socket(family, SOCK_STREAM, 0);
+  if (fd >= 0) SetCloexec(fd, true);
+#endif
+  if (fd < 0) ThrowErrno(env, errno, "socket");
+  return fd;
+}
+
+// Parses a numeric IPv4/IPv6 host into a sockaddr; throws on a non-numeric one.
+void FillInetAddress(Napi::Env env, const std::string& host, int port, sockaddr_storage* ss, socklen_t* len) {
+  memset(ss, 0, sizeof *ss);
+  if (port < 0 || port > 65535) throw Napi::RangeError::New(env, "port must be in 0..65535");
+  auto* a4 = reinterpret_cast<sockaddr_in*>(ss);
+  auto* a6 = reinterpret_cast<sockaddr_in6*>(ss);
+  if (inet_pton(AF_INET, host.c_str(), &a4->sin_addr) == 1) {
+    a4->sin_family = AF_INET;
+    a4->sin_port = htons(static_cast<uint16_t>(port));
+    *len = sizeof *a4;
+  } else if (inet_pton(AF_INET6, host.c_str(), &a6->sin6_addr) == 1) {
+    a6->sin6_family = AF_INET6;
+    a6->sin6_port = htons(static_cast<uint16_t>(port));
+    *len = sizeof *a6;
+  } else {
+    throw Napi::TypeError::New(env, "not a numeric IP address: " + host);
+  }
+}
+
+Napi::Value SockAddrToJs(Napi::Env env, const sockaddr_storage& ss) {
+  char text[INET6_ADDRSTRLEN] = {0};
+  int port = 0;
+  if (ss.ss_family == AF_INET) {
+    auto* a4 = reinterpret_cast<const sockaddr_in*>(&ss);
+    inet_ntop(AF_INET, &a4->sin_addr, text, sizeof text);
+    port = ntohs(a4->sin_port);
+  } else {
+    auto* a6 = reinterpret_cast<const sockaddr_in6*>(&ss);
+    inet_ntop(AF_INET6, &a6->sin6_addr, text, sizeof text);
+    port = ntohs(a6->sin6_port);
+  }
+  Napi::Array a = Napi::Array::New(env, 2);
+  a.Set(0u, Napi::String::New(env, text));
+  a.Set(1u, Napi::Number::New(env, port));
+  return a;
+}
+
+// tcpListen(host, port, backlog?): [fd, [host, port]] of a bound, listening, non-blocking socket.
+Napi::Value TcpListen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "host must be a string");
+  std::string host = info[0].As<Napi::String>();
+  int port = ArgInt(info, 1, "port");
+  int backlog = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().Int32Value() : 128;
+  sockaddr_storage ss;
+  socklen_t len;
+  FillInetAddress(env, host, port, &ss, &len);
+  int fd = NewInetSocket(env, ss.ss_family);
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || listen(fd, backlog) != 0) {
+    int e = errno;
+    close(fd);
+    ThrowErrno(env, e, "bind/listen");
+  }
+  sockaddr_storage bound;
+  socklen_t blen = sizeof bound;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &blen);
+  SetNonblock(fd, true);
+  Napi::Array out = Napi::Array::New(env, 2);
+  out.Set(0u, Napi::Number::New(env, fd));
+  out.Set(1u, SockAddrToJs(env, bound));
+  return out;
+}
+
+// tcpConnect(host, port): [fd, inProgress] of a non-blocking socket whose connect has started.
+Napi::Value TcpConnect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "host must be a string");
+  std::string host = info[0].As<Napi::String>();
+  int port = ArgInt(info, 1, "port");
+  sockaddr_storage ss;
+  socklen_t len;
+  FillInetAddress(env, host, port, &ss, &len);
+  int fd = NewInetSocket(env, ss.ss_family);
+  SetNonblock(fd, true);
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  int r = RetryEintr([&] { return connect(fd, reinterpret_cast<sockaddr*>(&ss), len); });
+  if (r != 0 && errno != EINPROGRESS) {
+    int e = errno;
+    close(fd);
+    ThrowErrno(env, e, "connect");
+  }
+  Napi::Array out = Napi::Array::New(env, 2);
+  out.Set(0u, Napi::Number::New(env, fd));
+  out.Set(1u, Napi::Boolean::New(env, r != 0));
+  return out;
+}
+
+// socketError(fd): the pending SO_ERROR of a socket as a thrown system error, or undefined.
+Napi::Value SocketError(const Napi::CallbackInfo& info) {
+  int fd = ArgInt(info, 0, "fd");
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  if (err != 0) ThrowErrno(info.Env(), err, "connect");
+  return info.Env().Undefined();
+}
+
+// setNodelay(fd): TCP_NODELAY on an accepted TCP socket (ignored for others).
+Napi::Value SetNodelay(const Napi::CallbackInfo& info) {
+  int fd = ArgInt(info, 0, "fd");
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void InitSocket(Napi::Env env, Napi::Object exports) {
+  exports.Set("isSocket", Napi::Function::New(env, IsSocket, "isSocket"));
+  exports.Set("connRecv", Napi::Function::New(env, ConnRecv, "connRecv"));
+  exports.Set("connSend", Napi::Function::New(env, ConnSend, "connSend"));
+  exports.Set("tcpListen", Napi::Function::New(env, TcpListen, "tcpListen"));
+  exports.Set("tcpConnect", Napi::Function::New(env, TcpConnect, "tcpConnect"));
+  exports.Set("socketError", Napi::Function::New(env, SocketError, "socketError"));
+  exports.Set("setNodelay", Napi::Function::New(env, SetNodelay, "setNodelay"));
   exports.Set("socketpair", Napi::Function::New(env, SocketPair, "socketpair"));
   exports.Set("unixListen", Napi::Function::New(env, UnixListen, "unixListen"));
   exports.Set("unixConnect", Napi::Function::New(env, UnixConnect, "unixConnect"));

@@ -146,6 +146,13 @@ export class ForkServer {
         this.ensureConnected();
         const message = frameLaunch(payload(), launchFds.length);
         native.sendMsg(this.conn, message, fds);
+        // The server never writes on the connection: readable there means it died
+        // (possibly after taking our request), so wait on both.
+        const ready = native.pollFds([statusMine, this.conn], STARTUP_TIMEOUT_MS);
+        if (ready.length === 0) throw new ProcessError('the forkserver did not answer within 30 s');
+        if (!ready.includes(statusMine) || native.pollFds([statusMine], 0).length === 0) {
+          throw Object.assign(new ProcessError('the forkserver closed the connection'), { code: 'ECONNRESET' });
+        }
         const reply = native.readExact(statusMine, 4, STARTUP_TIMEOUT_MS);
         if (!reply) throw new ProcessError('the forkserver did not answer within 30 s');
         const pid = reply.readInt32BE(0);
@@ -246,7 +253,7 @@ class Server {
     let msg: { data: Buffer; fds: number[] } | null;
     try {
       native.setNonblock(fd, true);
-      msg = native.recvMsg(fd, 1 << 20);
+      msg = native.recvMsg(fd, 256 * 1024);
     } catch {
       msg = { data: Buffer.alloc(0), fds: [] };
     }

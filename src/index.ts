@@ -1,6 +1,8 @@
 // node-multiprocessing: Python's multiprocessing for Node.js.
-import { callable, defaultContext } from './context';
+import { BaseContext, callable, defaultContext } from './context';
 import { Process as ProcessClass } from './process';
+import { ShareableList, SharedMemory } from './shared_memory';
+import { Array as SharedArray, RawArray, RawValue, Value } from './sharedctypes';
 
 export {
   AuthenticationError, BrokenBarrierError, BrokenPoolError, BufferTooShort, Empty, EOFError, Full, ProcessError,
@@ -22,3 +24,20 @@ export function setForkserverPreload(modules: string[]): void {
 export function setExecutable(path: string): void {
   defaultContext.setExecutable(path);
 }
+
+export * from './shared_memory';
+export * from './sharedctypes';
+export * from './synchronize';
+
+// Shared memory needs no start-method specific state: a context's factories are the library's.
+declare module './context' {
+  interface BaseContext {
+    Value: typeof Value;
+    Array: typeof SharedArray;
+    RawValue: typeof RawValue;
+    RawArray: typeof RawArray;
+    SharedMemory: typeof SharedMemory;
+    ShareableList: typeof ShareableList;
+  }
+}
+Object.assign(BaseContext.prototype, { Value, Array: SharedArray, RawValue, RawArray, SharedMemory, ShareableList });

@@ -44,6 +44,14 @@ export interface NativeBinding {
   read(fd: number, maxBytes: number): Buffer | null;
   write(fd: number, data: Buffer, offset?: number): number;
   setNonblock(fd: number, on?: boolean): void;
+  // connections (native/socket.cc, used by src/connection.ts)
+  isSocket(fd: number): boolean;
+  connRecv(fd: number, buf: Buffer, offset: number, length: number, isSocket: boolean, timeoutMs: number): number | [number, number[]];
+  connSend(fd: number, header: Buffer, body: Buffer, offset: number, length: number, fds: number[] | null, isSocket: boolean): void;
+  tcpListen(host: string, port: number, backlog?: number): [number, [string, number]];
+  tcpConnect(host: string, port: number): [number, boolean];
+  socketError(fd: number): void;
+  setNodelay(fd: number): void;
   // fd watching (native/poll.cc)
   FdWatcher: new (fd: number, callback: (status: number, events: number) => void) => FdWatcherHandle;
   pollFds(fds: number[], timeoutMs?: number | null, events?: number): number[];

@@ -242,9 +242,17 @@ export function callerModuleUrl(): string | null {
  * loaded module (found by identity), else by source when it is self-contained.
  * `what` names it in errors ("the target", "the class Worker").
  */
+const describedByRef = new WeakMap<Function, FunctionRef>();
+
 export function describeFunction(fn: Function, what: string, callerUrl: string | null): FunctionRef {
+  // Scanning every loaded module is the costly part of start(): remember what was found.
+  const known = describedByRef.get(fn);
+  if (known && require.cache[(known as { path: string }).path]) return known;
   const byRef = findInRequireCache(fn);
-  if (byRef) return byRef;
+  if (byRef) {
+    describedByRef.set(fn, byRef);
+    return byRef;
+  }
   const source = Function.prototype.toString.call(fn);
   if (/\{\s*\[native code\]\s*\}\s*$/.test(source)) {
     throw new TypeError(`${what} is a native or bound function and cannot be sent to another process; ` +

@@ -1,0 +1,134 @@
+// bench/process_start: how long from Process.start() until the target runs, and until
+// join() returns, for each start method, against Node's child_process.fork and Python
+// 3.13's three start methods, measured in the same run.
+//   node dist/bench/process_start.js [runs]
+// Times come from CLOCK_MONOTONIC in both processes (process.hrtime / time.monotonic_ns),
+// so "target running" is measured in the child itself.
+import { execFileSync, fork as cpFork } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as mp from '../src/index';
+
+/** The child's first act: write the monotonic clock into the shared slot. */
+export function stamp(slot: BigInt64Array): void {
+  slot[0] = process.hrtime.bigint();
+}
+
+interface Row { name: string; running: number; joined: number }
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+async function measureMethod(method: mp.StartMethod, runs: number): Promise<Row> {
+  const ctx = mp.getContext(method);
+  const slot = mp.RawArray('q', 1) as unknown as BigInt64Array;
+  const running: number[] = [];
+  const joined: number[] = [];
+  // One warm-up start: the forkserver itself starts on first use.
+  const warm = new ctx.Process({ target: stamp, args: [slot] });
+  warm.start();
+  await warm.join();
+  for (let i = 0; i < runs; i++) {
+    slot[0] = 0n;
+    const t0 = process.hrtime.bigint();
+    const p = new ctx.Process({ target: stamp, args: [slot] });
+    p.start();
+    await p.join();
+    const t2 = process.hrtime.bigint();
+    if (p.exitCode !== 0 || slot[0] === 0n) throw new Error(`${method}: child failed (${p.exitCode})`);
+    running.push(Number(slot[0] - t0) / 1e6);
+    joined.push(Number(t2 - t0) / 1e6);
+    p.close();
+  }
+  return { name: `node-multiprocessing '${method}'${method === 'forkserver' ? ' (warm)' : ''}`, running: median(running), joined: median(joined) };
+}
+
+async function measureChildProcessFork(runs: number): Promise<Row> {
+  const running: number[] = [];
+  const joined: number[] = [];
+  const script = path.join(__dirname, 'process_start_cp_child.js');
+  for (let i = 0; i < runs; i++) {
+    const t0 = process.hrtime.bigint();
+    const child = cpFork(script, [], { stdio: 'inherit' });
+    const t1 = await new Promise<bigint>((resolve) => child.once('message', (m) => resolve(BigInt(m as string))));
+    await new Promise((resolve) => child.once('exit', resolve));
+    const t2 = process.hrtime.bigint();
+    running.push(Number(t1 - t0) / 1e6);
+    joined.push(Number(t2 - t0) / 1e6);
+  }
+  return { name: "node child_process.fork", running: median(running), joined: median(joined) };
+}
+
+/** Python 3.13: $PYTHON, a pyenv install, or python3.13 on PATH. */
+function pythonCandidates(): string[] {
+  const out: string[] = [];
+  if (process.env.PYTHON) out.push(process.env.PYTHON);
+  const root = process.env.PYENV_ROOT ?? path.join(os.homedir(), '.pyenv');
+  try {
+    for (const v of fs.readdirSync(path.join(root, 'versions')).filter((d) => d.startsWith('3.13')).sort().reverse()) {
+      out.push(path.join(root, 'versions', v, 'bin', 'python3.13'));
+    }
+  } catch {
+    /* no pyenv */
+  }
+  out.push('python3.13');
+  return out;
+}
+
+function measurePython(runs: number): Row[] {
+  const script = path.join(__dirname, '..', '..', 'bench', 'process_start_py.py');
+  let why = 'not found';
+  for (const py of pythonCandidates()) {
+    try {
+      const out = execFileSync(py, [script, String(runs)], { encoding: 'utf8', timeout: 300_000, stdio: ['ignore', 'pipe', 'pipe'] });
+      return JSON.parse(out) as Row[];
+    } catch (e) {
+      why = (e as Error).message.split('\n')[0];
+    }
+  }
+  return [{ name: `python3.13 unavailable (${why})`, running: NaN, joined: NaN }];
+}
+
+/** 'fork' needs a --single-threaded process: measure it in one. */
+function measureForkInChild(runs: number): Row {
+  const out = execFileSync(process.execPath, ['--single-threaded', __filename, '--fork-only', String(runs)], { encoding: 'utf8' });
+  return JSON.parse(out) as Row;
+}
+
+export async function main(argv = process.argv.slice(2)): Promise<void> {
+  if (argv[0] === '--fork-only') {
+    process.stdout.write(JSON.stringify(await measureMethod('fork', Number(argv[1]))));
+    return;
+  }
+  if (argv[0] === '--preloaded') {
+    // The server imports the target's module once; children then find it loaded.
+    mp.setForkserverPreload([__filename]);
+    const row = await measureMethod('forkserver', Number(argv[1]));
+    process.stdout.write(JSON.stringify({ ...row, name: `${row.name}, target module preloaded` }));
+    return;
+  }
+  const runs = Number(argv[0] ?? 30);
+  const rows: Row[] = [];
+  rows.push(measureForkInChild(runs));
+  rows.push(await measureMethod('forkserver', runs));
+  rows.push(JSON.parse(execFileSync(process.execPath, [__filename, '--preloaded', String(runs)], { encoding: 'utf8' })) as Row);
+  rows.push(await measureMethod('spawn', Math.min(runs, 15)));
+  rows.push(await measureChildProcessFork(Math.min(runs, 15)));
+  rows.push(...measurePython(Math.min(runs, 15)));
+  const cpf = rows.find((r) => r.name.includes('child_process'))!;
+  console.log(`process_start: median of ${runs} runs (spawn-like rows: ${Math.min(runs, 15)}) on ${os.cpus()[0].model}, ` +
+    `${os.cpus().length} cores, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}`);
+  console.log('| start method | start → target running | start → join returned | vs child_process.fork (running) |');
+  console.log('|---|---:|---:|---:|');
+  for (const r of rows) {
+    const ratio = Number.isFinite(r.running) ? `${(cpf.running / r.running).toFixed(1)}× faster` : '';
+    console.log(`| ${r.name} | ${r.running.toFixed(2)} ms | ${r.joined.toFixed(2)} ms | ${ratio} |`);
+  }
+}
+
+if (require.main === module) {
+  void main();
+}
