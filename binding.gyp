@@ -1,4 +1,6 @@
 {
+  # GYP_DEFINES=mp_park=0 leaves out the per-Node-version park addon (prebuilds are N-API only).
+  "variables": { "mp_park%": 1 },
   "targets": [
     {
       # The N-API part: loads unchanged in every Node version >= 20.
@@ -36,18 +38,20 @@
           "msvs_settings": { "VCCLCompilerTool": { "ExceptionHandling": 1 } }
         }]
       ]
-    },
-    {
-      # Parks V8's platform threads around fork(). Uses Node's C++ API, so it is
-      # built against the headers of the Node that will load it (one per version).
-      "target_name": "mp_fork_park",
-      "conditions": [
-        ["OS!='win'", {
+    }
+  ],
+  "conditions": [
+    ["OS!='win' and mp_park==1", {
+      "targets": [
+        {
+          # Parks V8's platform threads around fork(). Uses Node's C++ API, so it is
+          # built against the headers of the Node that will load it (one per version).
+          "target_name": "mp_fork_park",
           "sources": ["native/park.cc"],
           "cflags_cc": ["-Wall", "-Wextra", "-Wno-cast-function-type"],
           "xcode_settings": { "MACOSX_DEPLOYMENT_TARGET": "11.0" }
-        }]
+        }
       ]
-    }
+    }]
   ]
 }

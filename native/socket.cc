@@ -319,10 +319,12 @@ Napi::Value ConnRecv(const Napi::CallbackInfo& info) {
       msg.msg_control = control;
       msg.msg_controllen = sizeof control;
 #ifdef MSG_CMSG_CLOEXEC
-      const int flags = MSG_CMSG_CLOEXEC | MSG_DONTWAIT;
+      const int base = MSG_CMSG_CLOEXEC;
 #else
-      const int flags = MSG_DONTWAIT;
+      const int base = 0;
 #endif
+      // Waiting for ever on a blocking socket: let recvmsg sleep (saves a poll round trip).
+      const int flags = base | (timeout < 0 ? 0 : MSG_DONTWAIT);
       n = RetryEintr([&] { return recvmsg(fd, &msg, flags); });
     } else {
       n = RetryEintr([&] { return read(fd, buf.Data() + off, static_cast<size_t>(len)); });

@@ -28,6 +28,8 @@ export function setExecutable(path: string): void {
 export * from './shared_memory';
 export * from './sharedctypes';
 export * from './synchronize';
+export * as connection from './connection';
+export { Pipe } from './connection';
 
 // Shared memory needs no start-method specific state: a context's factories are the library's.
 declare module './context' {

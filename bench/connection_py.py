@@ -1,0 +1,61 @@
+"""Python 3.13 side of bench/connection.ts: Pipe round trip and send_bytes echo throughput.
+Prints JSON: {version, rtt_ns, echo: {size: MB/s}}."""
+import json
+import sys
+import time
+import multiprocessing as mp
+
+
+def echo(conn):
+    while True:
+        b = conn.recv_bytes()
+        if not b:
+            break
+        conn.send_bytes(b)
+
+
+def echo_obj(conn):
+    while True:
+        o = conn.recv()
+        if o is None:
+            break
+        conn.send(o)
+
+
+def main():
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
+    sizes = [int(s) for s in sys.argv[2].split(',')] if len(sys.argv) > 2 else [1024, 65536, 1 << 20, 16 << 20]
+    a, b = mp.Pipe()
+    p = mp.Process(target=echo_obj, args=(b,))
+    p.start()
+    obj = {'id': 1, 'name': 'small', 'values': [1, 2, 3]}
+    for _ in range(1000):
+        a.send(obj); a.recv()
+    best = float('inf')
+    for _ in range(3):
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            a.send(obj); a.recv()
+        best = min(best, (time.perf_counter_ns() - t0) / n)
+    a.send(None)
+    p.join()
+    a, b = mp.Pipe()
+    p = mp.Process(target=echo, args=(b,))
+    p.start()
+    res = {}
+    for size in sizes:
+        data = b'x' * size
+        reps = max(3, min(2000, (256 << 20) // size // 2))
+        a.send_bytes(data); a.recv_bytes()
+        t0 = time.perf_counter_ns()
+        for _ in range(reps):
+            a.send_bytes(data); a.recv_bytes()
+        dt = (time.perf_counter_ns() - t0) / 1e9
+        res[str(size)] = 2 * size * reps / dt / 1e6
+    a.send_bytes(b'')
+    p.join()
+    print(json.dumps({'version': sys.version.split()[0], 'start_method': mp.get_start_method(), 'rtt_ns': best, 'echo': res}))
+
+
+if __name__ == '__main__':
+    main()
