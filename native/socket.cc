@@ -102,6 +102,18 @@ Napi::Value Accept(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, c);
 }
 
+// Puts `fds` into msg's control data as one SCM_RIGHTS message (storage in `control`).
+void AttachFds(struct msghdr* msg, std::vector<char>* control, const std::vector<int>& fds) {
+  control->assign(CMSG_SPACE(sizeof(int) * fds.size()), 0);
+  msg->msg_control = control->data();
+  msg->msg_controllen = control->size();
+  struct cmsghdr* cm = CMSG_FIRSTHDR(msg);
+  cm->cmsg_level = SOL_SOCKET;
+  cm->cmsg_type = SCM_RIGHTS;
+  cm->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+  memcpy(CMSG_DATA(cm), fds.data(), sizeof(int) * fds.size());
+}
+
 // Waits until fd is ready for `events`; timeout_ms < 0 waits for ever. Returns false on timeout.
 bool WaitFd(int fd, short events, int timeout_ms) {
   struct pollfd p = {fd, events, 0};
@@ -132,16 +144,7 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
     std::vector<char> control;
-    if (!fds_sent) {
-      control.assign(CMSG_SPACE(sizeof(int) * fds.size()), 0);
-      msg.msg_control = control.data();
-      msg.msg_controllen = control.size();
-      struct cmsghdr* cm = CMSG_FIRSTHDR(&msg);
-      cm->cmsg_level = SOL_SOCKET;
-      cm->cmsg_type = SCM_RIGHTS;
-      cm->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-      memcpy(CMSG_DATA(cm), fds.data(), sizeof(int) * fds.size());
-    }
+    if (!fds_sent) AttachFds(&msg, &control, fds);
 #ifdef MSG_NOSIGNAL
     const int flags = MSG_NOSIGNAL;
 #else
@@ -403,16 +406,7 @@ Napi::Value ConnSend(const Napi::CallbackInfo& info) {
       memset(&msg, 0, sizeof msg);
       msg.msg_iov = iov;
       msg.msg_iovlen = niov;
-      if (!fds_sent) {
-        control.assign(CMSG_SPACE(sizeof(int) * fds.size()), 0);
-        msg.msg_control = control.data();
-        msg.msg_controllen = control.size();
-        struct cmsghdr* cm = CMSG_FIRSTHDR(&msg);
-        cm->cmsg_level = SOL_SOCKET;
-        cm->cmsg_type = SCM_RIGHTS;
-        cm->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-        memcpy(CMSG_DATA(cm), fds.data(), sizeof(int) * fds.size());
-      }
+      if (!fds_sent) AttachFds(&msg, &control, fds);
 #ifdef MSG_NOSIGNAL
       const int flags = MSG_NOSIGNAL | MSG_DONTWAIT;
 #else
