@@ -711,14 +711,17 @@ class EventImpl {
     this._flag = new SemaphoreImpl(0, options);
   }
 
+  /** Whether the flag is up, leaving it as it is (call with the condition's lock held). */
+  private flagUp(): boolean {
+    if (!this._flag.acquireSync(false)) return false;
+    this._flag.release();
+    return true;
+  }
+
   isSet(): boolean {
     this._cond.acquireSync();
     try {
-      if (this._flag.acquireSync(false)) {
-        this._flag.release();
-        return true;
-      }
-      return false;
+      return this.flagUp();
     } finally {
       this._cond.release();
     }
@@ -750,16 +753,8 @@ class EventImpl {
     checkSignal(options.signal);
     if (!this._cond.acquireSync(false)) await this._cond.acquire({ signal: options.signal });
     try {
-      if (this._flag.acquireSync(false)) {
-        this._flag.release();
-      } else {
-        await this._cond.wait(t, options);
-      }
-      if (this._flag.acquireSync(false)) {
-        this._flag.release();
-        return true;
-      }
-      return false;
+      if (!this.flagUp()) await this._cond.wait(t, options);
+      return this.flagUp();
     } finally {
       this._cond.release();
     }
@@ -769,16 +764,8 @@ class EventImpl {
     const t = checkTimeout(timeout);
     this._cond.acquireSync();
     try {
-      if (this._flag.acquireSync(false)) {
-        this._flag.release();
-      } else {
-        this._cond.waitSync(t);
-      }
-      if (this._flag.acquireSync(false)) {
-        this._flag.release();
-        return true;
-      }
-      return false;
+      if (!this.flagUp()) this._cond.waitSync(t);
+      return this.flagUp();
     } finally {
       this._cond.release();
     }
