@@ -114,6 +114,24 @@ void AttachFds(struct msghdr* msg, std::vector<char>* control, const std::vector
   memcpy(CMSG_DATA(cm), fds.data(), sizeof(int) * fds.size());
 }
 
+// The fds that arrived in msg's SCM_RIGHTS control data (CLOEXEC), as a JS array.
+Napi::Array ReceivedFds(Napi::Env env, struct msghdr* msg) {
+  Napi::Array fds = Napi::Array::New(env);
+  uint32_t nfds = 0;
+  for (struct cmsghdr* cm = CMSG_FIRSTHDR(msg); cm != nullptr; cm = CMSG_NXTHDR(msg, cm)) {
+    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    int* p = reinterpret_cast<int*>(CMSG_DATA(cm));
+    for (size_t i = 0; i < count; i++) {
+#ifndef MSG_CMSG_CLOEXEC
+      SetCloexec(p[i], true);
+#endif
+      fds.Set(nfds++, Napi::Number::New(env, p[i]));
+    }
+  }
+  return fds;
+}
+
 // Waits until fd is ready for `events`; timeout_ms < 0 waits for ever. Returns false on timeout.
 bool WaitFd(int fd, short events, int timeout_ms) {
   struct pollfd p = {fd, events, 0};
@@ -194,19 +212,8 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return env.Null();
     ThrowErrno(env, errno, "recvmsg");
   }
-  Napi::Array fds = Napi::Array::New(env);
-  uint32_t nfds = 0;
-  for (struct cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm != nullptr; cm = CMSG_NXTHDR(&msg, cm)) {
-    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
-    size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    int* p = reinterpret_cast<int*>(CMSG_DATA(cm));
-    for (size_t i = 0; i < count; i++) {
-#ifndef MSG_CMSG_CLOEXEC
-      SetCloexec(p[i], true);
-#endif
-      fds.Set(nfds++, Napi::Number::New(env, p[i]));
-    }
-  }
+  Napi::Array fds = ReceivedFds(env, &msg);
+  uint32_t nfds = fds.Length();
   if (msg.msg_flags & MSG_CTRUNC) {
     for (uint32_t i = 0; i < nfds; i++) close(fds.Get(i).As<Napi::Number>().Int32Value());
     throw Napi::Error::New(env, "recvmsg: too many fds in one message (MSG_CTRUNC)");
@@ -342,19 +349,8 @@ Napi::Value ConnRecv(const Napi::CallbackInfo& info) {
       ThrowErrno(env, errno, is_socket ? "recvmsg" : "read");
     }
     if (!is_socket || msg.msg_controllen == 0) return Napi::Number::New(env, static_cast<double>(n));
-    Napi::Array fds = Napi::Array::New(env);
-    uint32_t nfds = 0;
-    for (struct cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm != nullptr; cm = CMSG_NXTHDR(&msg, cm)) {
-      if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
-      size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      int* p = reinterpret_cast<int*>(CMSG_DATA(cm));
-      for (size_t i = 0; i < count; i++) {
-#ifndef MSG_CMSG_CLOEXEC
-        SetCloexec(p[i], true);
-#endif
-        fds.Set(nfds++, Napi::Number::New(env, p[i]));
-      }
-    }
+    Napi::Array fds = ReceivedFds(env, &msg);
+    uint32_t nfds = fds.Length();
     if (nfds == 0) return Napi::Number::New(env, static_cast<double>(n));
     Napi::Array out = Napi::Array::New(env, 2);
     out.Set(0u, Napi::Number::New(env, static_cast<double>(n)));
