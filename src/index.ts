@@ -3,6 +3,7 @@ import { BaseContext, callable, defaultContext } from './context';
 import { Process as ProcessClass } from './process';
 import { ShareableList, SharedMemory } from './shared_memory';
 import { Array as SharedArray, RawArray, RawValue, Value } from './sharedctypes';
+import { Pipe as makePipe } from './connection';
 
 export {
   AuthenticationError, BrokenBarrierError, BrokenPoolError, BufferTooShort, Empty, EOFError, Full, ProcessError,
@@ -40,6 +41,7 @@ declare module './context' {
     RawArray: typeof RawArray;
     SharedMemory: typeof SharedMemory;
     ShareableList: typeof ShareableList;
+    Pipe: typeof makePipe;
   }
 }
-Object.assign(BaseContext.prototype, { Value, Array: SharedArray, RawValue, RawArray, SharedMemory, ShareableList });
+Object.assign(BaseContext.prototype, { Value, Array: SharedArray, RawValue, RawArray, SharedMemory, ShareableList, Pipe: makePipe });

@@ -49,6 +49,10 @@ describe('start methods and contexts', function () {
     expect(a).to.be.instanceOf(mp.Process);
     expect(b).to.be.instanceOf(mp.Process);
     expect(typeof ctx.currentProcess).to.equal('function');
+    for (const f of ['Lock', 'Value', 'Array', 'RawArray', 'SharedMemory', 'Pipe'] as const) expect(typeof ctx[f]).to.equal('function');
+    const [r, w] = ctx.Pipe();
+    r.close();
+    w.close();
     expect(ctx.cpuCount()).to.equal(mp.cpuCount());
   });
 
