@@ -34,7 +34,8 @@
                        "native/semaphore.cc", "native/shared_memory.cc"],
           "sources": ["native/win/win_util.cc", "native/win/process_win.cc",
                       "native/win/semaphore_win.cc", "native/win/shared_memory_win.cc",
-                      "native/win/socket_win.cc", "native/win/poll_win.cc"],
+                      "native/win/socket_win.cc", "native/win/named_pipe_win.cc",
+                      "native/win/poll_win.cc"],
           "msvs_settings": { "VCCLCompilerTool": { "ExceptionHandling": 1 } }
         }]
       ]

@@ -324,6 +324,7 @@ void InitSocket(Napi::Env env, Napi::Object exports) {
   exports.Set("read", Napi::Function::New(env, Read, "read"));
   exports.Set("write", Napi::Function::New(env, Write, "write"));
   exports.Set("setNonblock", Napi::Function::New(env, SetNonblockJs, "setNonblock"));
+  InitNamedPipe(env, exports);  // AF_PIPE Listener/Client, handle passing
 }
 
 }  // namespace mp

@@ -97,6 +97,9 @@ void ShmCloseFd(Napi::Env env, int fd);
 int ShmDupFd(Napi::Env env, int fd);
 void ShmSetInheritable(Napi::Env env, int fd, bool inheritable);
 
+// Named pipe Listener/Client and handle passing (named_pipe_win.cc); InitSocket calls it.
+void InitNamedPipe(Napi::Env env, Napi::Object exports);
+
 // The exit code TerminateProcess gives a process "killed by signal sig": CPython
 // uses 0x10000 for terminate(); waitpid maps base+sig back to -sig.
 constexpr DWORD kTerminateExitBase = 0x10000;
