@@ -1,6 +1,8 @@
 // Point-to-point channels between processes (Python's multiprocessing/connection.py):
 // Pipe, Connection, wait(), Listener/Client with HMAC authentication, and fd passing
-// of Connections (reduction.py's DupFd, done here with SCM_RIGHTS).
+// of Connections (reduction.py's DupFd, done here with SCM_RIGHTS). On Windows,
+// Listener/Client also speak named pipes ('AF_PIPE', the default family there) and
+// Connections travel over Connections as handles (reduction.py's DupHandle).
 //
 // Framing is Python's: a 4-byte big-endian signed length, or -1 followed by an 8-byte
 // unsigned length for messages above 2 GiB, then the bytes. sendBytes/recvBytes are
@@ -18,7 +20,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { AuthenticationError, BufferTooShort, EOFError } from './errors';
-import { inMicrotask, native, UV_DISCONNECT, UV_READABLE, UV_WRITABLE, type FdWatcherHandle } from './native';
+import {
+  inMicrotask, native, UV_DISCONNECT, UV_READABLE, UV_WRITABLE, type FdWatcherHandle, type NativeBinding, type PipeListenerHandle,
+} from './native';
 import { dumps, kReduce, loads, registerRebuilder, type RebuildContext, type Reduced, type ReduceContext } from './reduction';
 import { checkTimeout, closeFds, pollTimeout, registerAfterFork } from './util';
 
@@ -719,21 +723,53 @@ export function waitSync<W extends Waitable>(objects: Iterable<W>, timeout?: num
 // Addresses
 
 export type Address = string | [string, number] | readonly [string, number];
-export type Family = 'AF_UNIX' | 'AF_INET' | 'AF_INET6';
+export type Family = 'AF_UNIX' | 'AF_INET' | 'AF_INET6' | 'AF_PIPE';
 
-function addressType(address: Address): Family {
-  if (typeof address === 'string') {
-    if (address.startsWith('\\\\')) throw new Error('named pipes (AF_PIPE) exist only on Windows');
-    return 'AF_UNIX';
+const FAMILIES: readonly Family[] = ['AF_UNIX', 'AF_INET', 'AF_INET6', 'AF_PIPE'];
+
+/** What Listener() uses without an address or family (Python's default_family). */
+function defaultFamily(): Family {
+  return process.platform === 'win32' ? 'AF_PIPE' : 'AF_UNIX';
+}
+
+/** Python's _validate_family: a known family that exists on this platform. */
+function validateFamily(family: unknown): asserts family is Family {
+  if (!FAMILIES.includes(family as Family)) {
+    throw new RangeError(`unsupported family ${String(family)}: use ${FAMILIES.map((f) => `'${f}'`).join(', ')}`);
   }
+  if (family === 'AF_PIPE' && process.platform !== 'win32') {
+    throw new Error('named pipes (AF_PIPE, addresses starting with \\\\) exist only on Windows; ' +
+      "use a Unix socket path ('AF_UNIX') or [host, port] ('AF_INET') here");
+  }
+}
+
+/**
+ * The family of an address (Python's address_type): a string starting with two
+ * backslashes is a Windows named pipe ('AF_PIPE'), another string a Unix socket path,
+ * [host, port] TCP ('AF_INET6' when host contains ':').
+ */
+export function addressType(address: Address): Family {
+  if (typeof address === 'string') return address.startsWith('\\\\') ? 'AF_PIPE' : 'AF_UNIX';
   if (Array.isArray(address) && address.length === 2 && typeof address[0] === 'string' && typeof address[1] === 'number') {
     return address[0].includes(':') ? 'AF_INET6' : 'AF_INET';
   }
-  throw new TypeError(`address must be a Unix socket path (string; '\\0name' for a Linux abstract name) or [host, port]; got ${String(address)}`);
+  throw new TypeError('address must be a Unix socket path (string; \'\\0name\' for a Linux abstract name), a Windows ' +
+    `named pipe ('\\\\.\\pipe\\name') or [host, port]; got ${String(address)}`);
 }
 
-function arbitraryAddress(family: Family): Address {
+let pipeCounter = 0;
+/** tempfile's random names: 8 characters of this alphabet. */
+const NAME_CHARS = 'abcdefghijklmnopqrstuvwxyz0123456789_';
+
+/** A fresh address of `family` for a Listener (Python's arbitrary_address). */
+export function arbitraryAddress(family: Family): Address {
   if (family === 'AF_UNIX') return path.join(os.tmpdir(), `mp-listener-${process.pid}-${crypto.randomBytes(6).toString('hex')}`);
+  if (family === 'AF_PIPE') {
+    // As CPython: \\.\pipe\pyc-<pid>-<counter>-<8 random characters>.
+    let rand = '';
+    for (let i = 0; i < 8; i++) rand += NAME_CHARS[crypto.randomInt(NAME_CHARS.length)];
+    return `\\\\.\\pipe\\pyc-${process.pid}-${pipeCounter++}-${rand}`;
+  }
   return [family === 'AF_INET6' ? '::1' : '127.0.0.1', 0];
 }
 
@@ -862,6 +898,41 @@ export async function answerChallenge(conn: Connection, authkey: Buffer): Promis
 // ---------------------------------------------------------------------------
 // Listener / Client
 
+/** The named pipe functions of the Windows addon (native/win/named_pipe_win.cc). */
+type WinPipes = Required<Pick<NativeBinding, 'PipeListener' | 'pipeConnect' | 'duplicateHandleTo' | 'handleToFd' | 'closeRemoteHandle'>>;
+
+function winPipes(): WinPipes {
+  validateFamily('AF_PIPE'); // the clear error off Windows
+  if (typeof native.PipeListener !== 'function') {
+    throw new Error('this build of the native addon has no named pipe support (AF_PIPE): rebuild it (npx node-gyp rebuild)');
+  }
+  return native as WinPipes;
+}
+
+/** How long Client waits for a free instance of a busy pipe (CPython's CONNECTION_TIMEOUT). */
+const PIPE_CONNECT_TIMEOUT_MS = 20_000;
+
+/**
+ * Python's PipeClient: connects to a named pipe. When every instance is busy it tries
+ * again (1, 2, 4 ... 50 ms apart: never blocking the event loop) for up to 20 s; a
+ * name nobody listens on fails at once (code 'ENOENT').
+ */
+async function pipeClient(address: string): Promise<number> {
+  const pipes = winPipes();
+  const deadline = Date.now() + PIPE_CONNECT_TIMEOUT_MS;
+  for (let delay = 1; ; delay = Math.min(delay * 2, 50)) {
+    const fd = pipes.pipeConnect(address, 0);
+    if (fd !== null) return fd;
+    if (Date.now() >= deadline) {
+      const e = new Error(`connect ETIMEDOUT ${address}: every instance of the named pipe stayed busy for ` +
+        `${PIPE_CONNECT_TIMEOUT_MS / 1000} s (ERROR_PIPE_BUSY)`);
+      Object.assign(e, { code: 'ETIMEDOUT', syscall: 'connect', address });
+      throw e;
+    }
+    await new Promise((resolve) => setTimeout(resolve, delay));
+  }
+}
+
 export interface ListenerOptions {
   address?: Address;
   family?: Family;
@@ -869,9 +940,11 @@ export interface ListenerOptions {
   authkey?: Buffer | Uint8Array | null;
 }
 
-/** A bound, listening socket (Python's Listener). Bound when constructed. */
+/** A bound, listening socket or (Windows) named pipe (Python's Listener). Bound when constructed. */
 export class Listener {
   private fd: number;
+  /** AF_PIPE: the named pipe (fd is then -1). */
+  private pipe: PipeListenerHandle | null = null;
   private readonly _address: Address;
   readonly family: Family;
   private readonly authkey: Buffer | null;
@@ -882,15 +955,18 @@ export class Listener {
     const opts: ListenerOptions = typeof addressOrOptions === 'string' || Array.isArray(addressOrOptions)
       ? { ...options, address: addressOrOptions as Address }
       : (addressOrOptions as ListenerOptions);
-    const family = opts.family ?? (opts.address !== undefined ? addressType(opts.address) : 'AF_UNIX');
-    if (!['AF_UNIX', 'AF_INET', 'AF_INET6'].includes(family)) {
-      throw new RangeError(`unsupported family ${String(family)}: use 'AF_UNIX', 'AF_INET' or 'AF_INET6'`);
-    }
+    const family = opts.family ?? (opts.address !== undefined ? addressType(opts.address) : defaultFamily());
+    validateFamily(family);
     this.family = family;
     this.authkey = checkAuthkey(opts.authkey);
     const address = opts.address ?? arbitraryAddress(family);
     const backlog = opts.backlog ?? 128;
-    if (family === 'AF_UNIX') {
+    if (family === 'AF_PIPE') {
+      if (typeof address !== 'string') throw new TypeError('an AF_PIPE address is a string (\\\\.\\pipe\\name)');
+      this.fd = -1;
+      this.pipe = new (winPipes().PipeListener)(address, backlog);
+      this._address = address;
+    } else if (family === 'AF_UNIX') {
       if (typeof address !== 'string') throw new TypeError('an AF_UNIX address is a path string');
       this.fd = native.unixListen(address, backlog);
       this._address = address;
@@ -916,10 +992,11 @@ export class Listener {
   }
 
   get closed(): boolean {
-    return this.fd < 0;
+    return this.fd < 0 && this.pipe === null;
   }
 
   fileno(): number {
+    if (this.pipe) throw new Error('a named pipe (AF_PIPE) Listener has no fd: each client gets a pipe instance of its own');
     if (this.fd < 0) throw new Error('listener is closed');
     return this.fd;
   }
@@ -936,8 +1013,12 @@ export class Listener {
   /** Waits for a client; authenticates it when the Listener has an authkey (AuthenticationError if it fails). */
   async accept(): Promise<Connection> {
     let c: Connection | null;
-    while ((c = this.takePending()) === null) {
-      await waitFdsAsync([this.fd], null);
+    if (this.pipe) {
+      c = await this.acceptPipe(this.pipe);
+    } else {
+      while ((c = this.takePending()) === null) {
+        await waitFdsAsync([this.fd], null);
+      }
     }
     if (this.authkey) {
       try {
@@ -951,7 +1032,24 @@ export class Listener {
     return c;
   }
 
+  /** AF_PIPE: a native thread waits for the client (the event loop stays free). */
+  private async acceptPipe(pipe: PipeListenerHandle): Promise<Connection> {
+    const fd = await pipe.accept();
+    this._lastAccepted = null; // as CPython's PipeListener: no peer address
+    try {
+      return new Connection(fd);
+    } catch (e) {
+      closeFds([fd]);
+      throw e;
+    }
+  }
+
   close(): void {
+    if (this.pipe) {
+      this.pipe.close(); // pending accepts reject (code 'ECANCELED')
+      this.pipe = null;
+      return;
+    }
     if (this.fd < 0) return;
     closeFds([this.fd]);
     this.fd = -1;
@@ -975,9 +1073,13 @@ export interface ClientOptions {
 /** Connects to a Listener (ours or Python's) and authenticates when given an authkey. */
 export async function Client<T = unknown>(address: Address, options: ClientOptions = {}): Promise<Connection<T>> {
   const family = options.family ?? addressType(address);
+  validateFamily(family);
   const authkey = checkAuthkey(options.authkey);
   let fd: number;
-  if (family === 'AF_UNIX') {
+  if (family === 'AF_PIPE') {
+    if (typeof address !== 'string') throw new TypeError('an AF_PIPE address is a string (\\\\.\\pipe\\name)');
+    fd = await pipeClient(address);
+  } else if (family === 'AF_UNIX') {
     if (typeof address !== 'string') throw new TypeError('an AF_UNIX address is a path string');
     fd = native.unixConnect(address);
   } else {

@@ -13,6 +13,13 @@ export interface FdWatcherHandle {
   close(): void;
 }
 
+/** A named pipe listener (Windows only, native/win/named_pipe_win.cc). */
+export interface PipeListenerHandle {
+  /** The fd of the next connected pipe instance; rejects with code 'ECANCELED' once closed. */
+  accept(): Promise<number>;
+  close(): void;
+}
+
 export interface NativeBinding {
   // processes (native/fork.cc)
   fork(parkTimeoutMs?: number): number;
@@ -55,6 +62,12 @@ export interface NativeBinding {
   // fd watching (native/poll.cc)
   FdWatcher: new (fd: number, callback: (status: number, events: number) => void) => FdWatcherHandle;
   pollFds(fds: number[], timeoutMs?: number | null, events?: number): number[];
+  // named pipes and handle passing, Windows only (native/win/named_pipe_win.cc)
+  PipeListener?: new (name: string, backlog?: number) => PipeListenerHandle;
+  pipeConnect?(name: string, timeoutMs?: number): number | null;
+  duplicateHandleTo?(fd: number, pid: number): number;
+  handleToFd?(handle: number, sourcePid?: number): number;
+  closeRemoteHandle?(pid: number, handle: number): void;
   // other facilities add their functions here
   [name: string]: unknown;
 }

@@ -627,3 +627,75 @@ for (const method of methodsUnderTest()) {
     });
   });
 }
+
+describe('connection: named pipe addresses (AF_PIPE)', () => {
+  const isWindows = process.platform === 'win32';
+
+  it('addressType: two leading backslashes make a named pipe, as Python\'s address_type', () => {
+    expect(mp.connection.addressType('\\\\.\\pipe\\x')).to.equal('AF_PIPE');
+    expect(mp.connection.addressType('\\\\server\\pipe\\name')).to.equal('AF_PIPE');
+    expect(mp.connection.addressType('\\single-backslash')).to.equal('AF_UNIX');
+    expect(mp.connection.addressType('/tmp/mp.sock')).to.equal('AF_UNIX');
+    expect(mp.connection.addressType('\0abstract')).to.equal('AF_UNIX');
+    expect(mp.connection.addressType(['127.0.0.1', 80])).to.equal('AF_INET');
+    expect(mp.connection.addressType(['::1', 80])).to.equal('AF_INET6');
+    expect(() => mp.connection.addressType(42 as never)).to.throw(TypeError, /named pipe/);
+  });
+
+  it("arbitraryAddress('AF_PIPE') is \\\\.\\pipe\\pyc-<pid>-<counter>-<random>, fresh each time", () => {
+    const a = mp.connection.arbitraryAddress('AF_PIPE') as string;
+    const b = mp.connection.arbitraryAddress('AF_PIPE') as string;
+    const shape = /^\\\\\.\\pipe\\pyc-(\d+)-(\d+)-[a-z0-9_]{8}$/;
+    const ma = shape.exec(a);
+    const mb = shape.exec(b);
+    expect(ma, a).to.not.equal(null);
+    expect(mb, b).to.not.equal(null);
+    expect(Number(ma![1])).to.equal(process.pid);
+    expect(Number(mb![2])).to.equal(Number(ma![2]) + 1);
+    expect(a).to.not.equal(b);
+    expect(mp.connection.addressType(a)).to.equal('AF_PIPE');
+  });
+
+  it('the default family is AF_PIPE on Windows only (Python\'s default_family)', () => {
+    const l = new Listener();
+    try {
+      expect(l.family).to.equal(isWindows ? 'AF_PIPE' : 'AF_UNIX');
+      expect(mp.connection.addressType(l.address)).to.equal(l.family);
+    } finally {
+      l.close();
+    }
+    expect(() => new Listener({ family: 'AF_BOGUS' as never })).to.throw(RangeError, /unsupported family AF_BOGUS/);
+  });
+
+  if (!isWindows) {
+    it('Listener and Client on a named pipe fail with a clear error off Windows', async () => {
+      const name = mp.connection.arbitraryAddress('AF_PIPE');
+      const clear = /named pipes \(AF_PIPE.*exist only on Windows/;
+      expect(() => new Listener(name)).to.throw(Error, clear);
+      expect(() => new Listener({ address: name, authkey: Buffer.from('k') })).to.throw(Error, clear);
+      expect(() => new Listener({ family: 'AF_PIPE' })).to.throw(Error, clear);
+      await expectRejects(Client(name), (e) => expect(e.message).to.match(clear));
+      await expectRejects(Client(name, { family: 'AF_PIPE' }), (e) => expect(e.message).to.match(clear));
+    });
+  } else {
+    it('Listener/Client over a named pipe, with authkey, and a Connection sent over it', async () => {
+      const authkey = crypto.randomBytes(32);
+      const l = new Listener({ authkey });
+      expect(l.family).to.equal('AF_PIPE');
+      expect(() => new Listener(l.address)).to.throw(Error, /EADDRINUSE/);
+      const [client, server] = await within(Promise.all([Client(l.address, { authkey }), l.accept()]), 10_000, 'connect');
+      client.send({ hi: 1 });
+      expect(server.recvSync()).to.deep.equal({ hi: 1 });
+      const [a, b] = Pipe();
+      server.send(a);
+      const a2 = client.recvSync() as Connection;
+      a2.send('through the passed end');
+      expect(b.recvSync()).to.equal('through the passed end');
+      for (const c of [a, a2, b, client, server]) c.close();
+      const pending = l.accept();
+      l.close();
+      await expectRejects(pending, (e) => expect((e as NodeJS.ErrnoException).code).to.equal('ECANCELED'));
+      await expectRejects(Client(l.address), (e) => expect((e as NodeJS.ErrnoException).code).to.equal('ENOENT'));
+    });
+  }
+});
