@@ -222,6 +222,11 @@ export class Connection<T = unknown> {
 
   /** Sends a value (V8-serialized; Connections and other library objects travel by fd/name). */
   send(obj: T): void {
+    if (process.platform === 'win32') sendClosingHandlesOnFailure(() => this.sendNow(obj));
+    else this.sendNow(obj);
+  }
+
+  private sendNow(obj: T): void {
     this.checkWritable();
     const fds: number[] = [];
     const body = dumps(obj, 'connection', fds, 'this value over a Connection');
@@ -628,12 +633,75 @@ export class Connection<T = unknown> {
 
   [kReduce](ctx: ReduceContext): Reduced {
     this.checkClosed();
+    if (process.platform === 'win32' && ctx.method === 'connection') return reducePipeHandle(this.res.fd, this._readable, this._writable);
     return { type: 'mp.Connection', state: { fd: ctx.addFd(this.res.fd), readable: this._readable, writable: this._writable } };
   }
 }
 
 registerRebuilder('mp.Connection', (s: { fd: number; readable: boolean; writable: boolean }, ctx: RebuildContext) =>
   new Connection(ctx.fd(s.fd), { readable: s.readable, writable: s.writable }));
+
+// Windows: a Connection sent over a Connection (CPython's reduce_pipe_connection with
+// reduction.DupHandle). There is no SCM_RIGHTS, and the sender does not know which
+// process will read the message; so, as CPython's DupHandle(pid=None), the sender
+// duplicates the handle within itself and sends its value and its own pid, and the
+// receiver takes the handle out of the sender (DuplicateHandle with
+// DUPLICATE_CLOSE_SOURCE). As in CPython, the sender must still be running when the
+// message is read, and a message sent but never read leaves the duplicate open in the
+// sender until it exits; a message that is not sent at all closes it again (send()).
+// Process args under 'spawn' do not come here (ctx.method 'spawn'): their fds reach the
+// child through child_process.spawn's stdio (libuv duplicates them, inheritable, for
+// that child only), as on POSIX.
+
+interface PipeHandleState {
+  handle: number;
+  pid: number;
+  readable: boolean;
+  writable: boolean;
+}
+
+/** Handles duplicated for the message send() is building (Windows), closed again if it is not sent. */
+let sendingHandles: number[] | null = null;
+
+function reducePipeHandle(fd: number, readable: boolean, writable: boolean): Reduced {
+  const pid = native.getpid();
+  const handle = winPipes().duplicateHandleTo(fd, pid);
+  sendingHandles?.push(handle);
+  const state: PipeHandleState = { handle, pid, readable, writable };
+  return { type: 'mp.PipeConnection', state };
+}
+
+registerRebuilder('mp.PipeConnection', (s: PipeHandleState) => {
+  const fd = winPipes().handleToFd(s.handle, s.pid);
+  try {
+    return new Connection(fd, { readable: s.readable, writable: s.writable });
+  } catch (e) {
+    closeFds([fd]);
+    throw e;
+  }
+});
+
+/** Windows: runs send() and closes the handles it duplicated if the message did not leave. */
+function sendClosingHandlesOnFailure(send: () => void): void {
+  const outer = sendingHandles;
+  const mine: number[] = [];
+  sendingHandles = mine;
+  try {
+    send();
+  } catch (e) {
+    const pid = native.getpid();
+    for (const h of mine) {
+      try {
+        winPipes().closeRemoteHandle(pid, h);
+      } catch {
+        /* already gone */
+      }
+    }
+    throw e;
+  } finally {
+    sendingHandles = outer;
+  }
+}
 
 /** A 'fork' Process started inside a promise continuation that has not forked yet (popen_fork.ts). */
 function forkPending(): boolean {
