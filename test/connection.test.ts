@@ -678,12 +678,13 @@ describe('connection: named pipe addresses (AF_PIPE)', () => {
       await expectRejects(Client(name, { family: 'AF_PIPE' }), (e) => expect(e.message).to.match(clear));
     });
   } else {
-    it('Listener/Client over a named pipe, with authkey, and a Connection sent over it', async () => {
-      const authkey = crypto.randomBytes(32);
-      const l = new Listener({ authkey });
+    // Blocking reads only: the authkey handshake reads asynchronously, which needs async reads on Windows.
+    it('Listener/Client over a named pipe, and a Connection sent over it', async () => {
+      const l = new Listener();
       expect(l.family).to.equal('AF_PIPE');
+      expect(() => l.fileno()).to.throw(Error, /no fd/);
       expect(() => new Listener(l.address)).to.throw(Error, /EADDRINUSE/);
-      const [client, server] = await within(Promise.all([Client(l.address, { authkey }), l.accept()]), 10_000, 'connect');
+      const [client, server] = await within(Promise.all([Client(l.address), l.accept()]), 10_000, 'connect');
       client.send({ hi: 1 });
       expect(server.recvSync()).to.deep.equal({ hi: 1 });
       const [a, b] = Pipe();
