@@ -24,7 +24,7 @@ import {
   inMicrotask, native, UV_DISCONNECT, UV_READABLE, UV_WRITABLE, type FdWatcherHandle, type NativeBinding, type PipeListenerHandle,
 } from './native';
 import { dumps, kReduce, loads, registerRebuilder, type RebuildContext, type Reduced, type ReduceContext } from './reduction';
-import { checkTimeout, closeFds, pollTimeout, registerAfterFork } from './util';
+import { callFromIoCallback, checkTimeout, closeFds, pollTimeout, registerAfterFork } from './util';
 
 const MAX_MESSAGE = bufferConstants.MAX_LENGTH;
 /** Internal read buffer; messages that do not fit are read into their own buffer. */
@@ -592,12 +592,13 @@ export class Connection<T = unknown> {
     if (inMicrotask() && forkPending()) {
       // Inside a promise continuation, a 'fork' Process started just before forks at the next turn of
       // the loop (popen_fork.ts), and Python's `p.start(); conn.close()` must still hand the child an
-      // open fd: the fd is closed right after that fork. For this process it is closed from now on.
+      // open fd: the fd is closed right after that fork (the calls run in order; a child forked by an
+      // earlier one never runs this one). For this process it is closed from now on.
       if (this.closePid === null) {
         this.closePid = native.getpid();
-        setTimeout(() => {
+        callFromIoCallback(() => {
           if (this.closePid === native.getpid()) this.closeNow();
-        }, 1);
+        });
       }
       return;
     }

@@ -2,8 +2,8 @@
 // exit-watching logic the other start methods share.
 import { native, ensureForkSupport, inMicrotask, UV_DISCONNECT, UV_READABLE, type FdWatcherHandle } from './native';
 import type { Popen, Process } from './process';
-import { runForkedChild } from './spawn';
-import { closeFds, isSingleThreaded, pollTimeout, registerAfterFork } from './util';
+import { runForkedChild, warmForkedChildPath } from './spawn';
+import { callFromIoCallback, closeFds, isSingleThreaded, pollTimeout, registerAfterFork } from './util';
 
 // ---------------------------------------------------------------------------
 // The lifeline: one pipe per parent. Children hold the read end; it reports EOF
@@ -146,14 +146,17 @@ export function forkUnavailableReason(): string | null {
  */
 export class PopenFork extends PopenBase {
   readonly method = 'fork';
-  private pending: { proc: Process; immediate: NodeJS.Immediate } | null = null;
+  private pending: { proc: Process; cancel: () => void } | null = null;
+  private forked: Promise<void> | null = null;
+  private onForked: (() => void) | null = null;
 
   constructor(proc: Process) {
     super();
     const why = forkUnavailableReason();
     if (why) throw new Error(why);
     if (inMicrotask()) {
-      this.pending = { proc, immediate: setImmediate(() => this.forkNow()) };
+      this.pending = { proc, cancel: callFromIoCallback(() => this.forkNow()) };
+      this.forked = new Promise((resolve) => { this.onForked = resolve; });
     } else {
       this.doFork(proc);
     }
@@ -170,9 +173,11 @@ export class PopenFork extends PopenBase {
       process.stderr.write(`Process ${pending.proc.name}: fork failed: ${(e as Error).message}\n`);
       this.settle(255);
     }
+    this.onForked?.();
   }
 
   private doFork(proc: Process): void {
+    warmForkedChildPath();
     const aliveFd = aliveReadFd();
     const [r, w] = native.pipe();
     let pid: number;
@@ -183,8 +188,14 @@ export class PopenFork extends PopenBase {
       throw e;
     }
     if (pid === 0) {
-      native.close(r);
-      runForkedChild(proc, aliveFd, w);
+      // The child must never return into the parent's code, even on an error here.
+      try {
+        native.close(r);
+        runForkedChild(proc, aliveFd, w);
+      } catch (e) {
+        process.stderr.write(`Process ${proc.name}: failed to start in the forked child: ${(e as Error)?.stack ?? e}\n`);
+      }
+      native.exitNow(70);
     }
     native.close(w);
     this.pid = pid;
@@ -205,9 +216,9 @@ export class PopenFork extends PopenBase {
   }
 
   override async wait(timeoutMs: number | null): Promise<number | null> {
-    if (this.pending) {
+    if (this.pending && this.forked) {
       const started = Date.now();
-      await new Promise<void>((resolve) => setImmediate(resolve));
+      await this.forked;
       if (timeoutMs !== null) timeoutMs = Math.max(0, timeoutMs - (Date.now() - started));
     }
     return super.wait(timeoutMs);
@@ -216,9 +227,10 @@ export class PopenFork extends PopenBase {
   override sendSignal(signal: number): void {
     if (this.pending) {
       // Not forked yet: it never will be, and ends as if killed by the signal.
-      clearImmediate(this.pending.immediate);
+      this.pending.cancel();
       this.pending = null;
       this.settle(-signal);
+      this.onForked?.();
       return;
     }
     super.sendSignal(signal);

@@ -87,9 +87,14 @@ export function inheritedForkserver(): LaunchData['forkserver'] {
   return forkserverOfTree;
 }
 
+/** A plain copy of process.env taken while preparing (each process.env access is a native call). */
+let envSnapshot: Record<string, string | undefined> | null = null;
+
 function applyEnvironment(launch: LaunchData): void {
-  for (const k of Object.keys(process.env)) if (!(k in launch.env)) delete process.env[k];
-  for (const [k, v] of Object.entries(launch.env)) if (v !== undefined && process.env[k] !== v) process.env[k] = v;
+  const current = envSnapshot ?? { ...process.env };
+  envSnapshot = null;
+  for (const k of Object.keys(current)) if (!(k in launch.env)) delete process.env[k];
+  for (const [k, v] of Object.entries(launch.env)) if (v !== undefined && current[k] !== v) process.env[k] = v;
   if (process.cwd() !== launch.cwd) process.chdir(launch.cwd);
 }
 
@@ -207,7 +212,12 @@ function trackOwnResources(): () => boolean {
     .enable();
   return () => {
     for (const r of live.values()) {
-      const hasRef = (r as { hasRef?: () => boolean } | null)?.hasRef;
+      const res = r as { hasRef?: () => boolean; _destroyed?: boolean } | null;
+      // A Timeout or Immediate that ran is done, though its destroy hook comes a turn
+      // later (from Node's check phase: waiting for it could block on the parent's
+      // inherited handles). Handles report hasRef() false once closed.
+      if (res?._destroyed === true) continue;
+      const hasRef = res?.hasRef;
       if (typeof hasRef !== 'function' || hasRef.call(r)) return true;
     }
     return false;
@@ -241,6 +251,27 @@ function driveForkedChild(body: Promise<number>, ownWork: (() => boolean) | null
   exitProcess(final);
 }
 
+let childPathWarmed = false;
+
+/**
+ * Runs, once, the Node internals a forked child runs first (hooks, listener
+ * removal), so their bytecode is compiled here and inherited: compiling them in the
+ * child costs it ~1 ms, most of it copy-on-write faults on the heap pages V8 writes.
+ */
+export function warmForkedChildPath(): void {
+  if (childPathWarmed) return;
+  childPathWarmed = true;
+  const hook = async_hooks.createHook({ init() {}, destroy() {} });
+  hook.enable();
+  hook.disable();
+  const noop = () => {};
+  const event = 'node-multiprocessing:warm-up';
+  process.on(event, noop);
+  process.removeAllListeners(event);
+  process.on('uncaughtException', noop);
+  process.removeListener('uncaughtException', noop);
+}
+
 export function runForkedChild(proc: Process, aliveFd: number, lifelineFd: number): never {
   const parentInfo = new ParentProcess(native.getppid(), currentProcess().name, aliveFd);
   prepareForkedProcess();
@@ -270,11 +301,22 @@ async function launchedBody(launch: LaunchData, fds: readonly number[]): Promise
   return runBody(proc);
 }
 
-export function runLaunchedChild(launch: LaunchData, fds: readonly number[], forked: boolean): void {
+/** What a launched child does before it knows its target (a forkserver spare does it in advance). */
+export function prepareLaunchedChild(forked: boolean): void {
+  envSnapshot = { ...process.env };
   if (forked) prepareForkedProcess();
   dropInheritedListeners();
   installFailureHandlers(exitProcess);
-  if (forked) driveForkedChild(launchedBody(launch, fds), null);
+}
+
+/** Runs a forked child prepared by prepareLaunchedChild(true); never returns. */
+export function runPreparedForkedChild(launch: LaunchData, fds: readonly number[]): never {
+  driveForkedChild(launchedBody(launch, fds), null);
+}
+
+export function runLaunchedChild(launch: LaunchData, fds: readonly number[], forked: boolean): void {
+  prepareLaunchedChild(forked);
+  if (forked) runPreparedForkedChild(launch, fds);
   void launchedBody(launch, fds).then((code) => {
     if (code !== 0) exitProcess(code);
   });

@@ -1,5 +1,5 @@
 // Process-wide bookkeeping shared by the modules: after-fork hooks, exit hooks, debug output.
-import { native } from './native';
+import { native, UV_READABLE, type FdWatcherHandle } from './native';
 
 type Hook = () => void;
 const afterForkHooks: Hook[] = [];
@@ -12,6 +12,64 @@ export function registerAfterFork(hook: Hook): void {
 export function runAfterForkHooks(): void {
   for (const hook of afterForkHooks) hook();
 }
+
+// ---------------------------------------------------------------------------
+// A clean place to fork from. A forked child continues inside the call that forked
+// and runs a nested event loop. Inside a promise continuation V8 would never run the
+// child's own microtasks, and inside Node's setImmediate/timer processing the nested
+// loop re-enters that processing (seen crashing in CheckImmediate). An I/O callback
+// is neither: the forkserver has always forked from one. So deferred work that will
+// fork runs from the callback of a self-pipe watched by the loop.
+
+interface Doorbell { r: number; w: number; watcher: FdWatcherHandle; queue: Hook[] }
+let doorbell: Doorbell | null = null;
+const ONE_BYTE = Buffer.from([1]);
+
+// One call per callback: a child forked by a call must not find the parent's
+// continuations of an earlier call in its microtask queue (they would run there).
+function ringBell(bell: Doorbell): void {
+  while (native.read(bell.r, 64)?.length) { /* drain */ }
+  const fn = bell.queue.shift();
+  if (bell.queue.length > 0) native.write(bell.w, ONE_BYTE);
+  else bell.watcher.unref();
+  fn?.();
+}
+
+/**
+ * Runs `fn` at the next turn of the event loop, from an I/O callback (see above).
+ * Keeps the loop alive until then. Returns a function that cancels the call.
+ */
+export function callFromIoCallback(fn: Hook): () => void {
+  if (!doorbell) {
+    const [r, w] = native.pipe();
+    native.setNonblock(r, true);
+    native.setNonblock(w, true);
+    const bell: Doorbell = { r, w, watcher: null as unknown as FdWatcherHandle, queue: [] };
+    bell.watcher = new native.FdWatcher(r, () => ringBell(bell));
+    bell.watcher.start(UV_READABLE);
+    bell.watcher.unref();
+    doorbell = bell;
+  }
+  const bell = doorbell;
+  if (bell.queue.length === 0) {
+    native.write(bell.w, ONE_BYTE); // 0 if full: a byte is pending anyway
+    bell.watcher.ref();
+  }
+  bell.queue.push(fn);
+  return () => {
+    const i = bell.queue.indexOf(fn);
+    if (i >= 0) bell.queue.splice(i, 1);
+    if (bell.queue.length === 0) bell.watcher.unref();
+  };
+}
+
+registerAfterFork(() => {
+  // The parent's pending calls are the parent's.
+  if (!doorbell) return;
+  doorbell.watcher.close();
+  closeFds([doorbell.r, doorbell.w]);
+  doorbell = null;
+});
 
 const debugOn = /\bmultiprocessing\b/.test(process.env.NODE_DEBUG ?? '');
 
