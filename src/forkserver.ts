@@ -13,8 +13,8 @@ import * as v8 from 'node:v8';
 import { AuthenticationError, ProcessError } from './errors';
 import { ensureForkSupport, native, UV_DISCONNECT, UV_READABLE, type FdWatcherHandle } from './native';
 import { childExecArgv, frameLaunch, getExecutable } from './popen_spawn';
-import { decodeLaunch, inheritedForkserver, runLaunchedChild } from './spawn';
-import { closeFds, debug, registerAfterFork } from './util';
+import { decodeLaunch, inheritedForkserver, prepareLaunchedChild, runLaunchedChild, runPreparedForkedChild } from './spawn';
+import { callFromIoCallback, closeFds, debug, registerAfterFork } from './util';
 
 const CHALLENGE_BYTES = 32;
 const STARTUP_TIMEOUT_MS = 30_000;
@@ -196,6 +196,17 @@ interface ClientState {
   fds: number[];
 }
 
+/**
+ * A child forked ahead of the next request, already through the part of a child's
+ * start that does not depend on its target (after-fork hooks, listeners, the
+ * copy-on-write faults and lazy compilation these cost): a request then needs no
+ * fork at all, only a message to the spare. `sock` carries its assignment.
+ */
+interface Spare { pid: number; sock: number }
+
+/** Frame header of an assignment to a spare: payload length, fd count. */
+const ASSIGNMENT_HEADER = 8;
+
 class Server {
   private clients = new Map<number, ClientState>();
   private kids = new Map<number, number>(); // pid -> status socket
@@ -203,6 +214,8 @@ class Server {
   private listenWatcher: FdWatcherHandle | null = null;
   private hadClient = false;
   private inChild = false;
+  private spare: Spare | null = null;
+  private spareScheduled = false;
 
   constructor(private readonly config: ServerConfig) {}
 
@@ -214,8 +227,77 @@ class Server {
     process.on('SIGCHLD', this.reap);
     // A client that never connects must not leave the server behind.
     setTimeout(() => {
-      if (!this.hadClient) this.shutdown();
+      if (!this.hadClient && !this.inChild) this.shutdown();
     }, STARTUP_TIMEOUT_MS).unref();
+    this.makeSpareSoon();
+  }
+
+  /** Forks the next spare from an I/O callback (a clean place to fork from: util.ts). */
+  private makeSpareSoon(): void {
+    if (this.spare || this.spareScheduled || this.inChild) return;
+    this.spareScheduled = true;
+    callFromIoCallback(() => {
+      this.spareScheduled = false;
+      this.makeSpare();
+    });
+  }
+
+  private makeSpare(): void {
+    if (this.spare || this.inChild) return;
+    const [mine, theirs] = native.socketpair();
+    let pid: number;
+    try {
+      pid = native.fork();
+    } catch (e) {
+      closeFds([mine, theirs]);
+      debug(`forkserver: cannot fork a spare (${(e as Error).message}); forking per request`);
+      return;
+    }
+    if (pid === 0) {
+      this.inChild = true;
+      native.close(mine);
+      this.dropServerResources();
+      runSpare(theirs);
+    }
+    native.close(theirs);
+    this.spare = { pid, sock: mine };
+  }
+
+  /** Hands a request to the spare; false if there is none or it died. */
+  private assignSpare(payload: Buffer, status: number, childFds: number[]): boolean {
+    const spare = this.spare;
+    if (!spare) return false;
+    this.spare = null;
+    try {
+      const header = Buffer.alloc(ASSIGNMENT_HEADER);
+      header.writeUInt32BE(payload.length, 0);
+      header.writeUInt32BE(childFds.length, 4);
+      const message = Buffer.concat([header, payload]);
+      let sent = native.sendMsg(spare.sock, message, childFds);
+      while (sent < message.length) sent += native.sendMsg(spare.sock, message.subarray(sent));
+    } catch (e) {
+      // It died waiting (SIGCHLD reaps it): the caller forks instead.
+      debug(`forkserver: spare ${spare.pid} unusable (${(e as Error).message})`);
+      closeFds([spare.sock]);
+      this.kids.set(spare.pid, -1);
+      return false;
+    }
+    closeFds([spare.sock, ...childFds]);
+    this.reportPid(spare.pid, status);
+    return true;
+  }
+
+  private reportPid(pid: number, status: number): void {
+    const reply = Buffer.alloc(4);
+    reply.writeInt32BE(pid);
+    try {
+      native.write(status, reply);
+      this.kids.set(pid, status);
+    } catch {
+      // The client went away: nobody wants the status.
+      closeFds([status]);
+      this.kids.set(pid, -1);
+    }
   }
 
   private acceptAll(): void {
@@ -283,6 +365,10 @@ class Server {
 
   private forkChild(payload: Buffer, fds: number[]): void {
     const [status, stdin, stdout, stderr, ...launchFds] = fds;
+    if (this.assignSpare(payload, status, fds.slice(1))) {
+      this.makeSpareSoon();
+      return;
+    }
     let pid: number;
     try {
       pid = native.fork();
@@ -299,39 +385,35 @@ class Server {
     }
     if (pid === 0) {
       this.inChild = true;
-      this.becomeChild(status, [stdin, stdout, stderr]);
+      closeFds([status]);
+      this.dropServerResources();
+      takeStdio([stdin, stdout, stderr]);
       runLaunchedChild(decodeLaunch(Buffer.from(payload)), launchFds, true);
       return;
     }
     closeFds([stdin, stdout, stderr, ...launchFds]);
-    const reply = Buffer.alloc(4);
-    reply.writeInt32BE(pid);
-    try {
-      native.write(status, reply);
-      this.kids.set(pid, status);
-    } catch {
-      // The client went away: nobody wants the status.
-      closeFds([status]);
-      this.kids.set(pid, -1);
-    }
+    this.reportPid(pid, status);
+    this.makeSpareSoon();
   }
 
-  /** In a freshly forked child: drop every server resource, take the client's stdio. */
-  private becomeChild(status: number, stdio: number[]): void {
+  /** In a freshly forked child: drop every server resource. */
+  private dropServerResources(): void {
     process.removeListener('SIGCHLD', this.reap);
     this.listenWatcher?.close();
     for (const c of this.clients.values()) c.watcher.close();
-    closeFds([this.listenFd, status, ...this.clients.keys(), ...[...this.kids.values()].filter((fd) => fd >= 0)]);
+    closeFds([this.listenFd, ...this.clients.keys(), ...[...this.kids.values()].filter((fd) => fd >= 0)]);
     for (const c of this.clients.values()) closeFds(c.fds);
+    if (this.spare) closeFds([this.spare.sock]);
+    this.spare = null;
     this.clients.clear();
     this.kids.clear();
-    for (let i = 0; i < 3; i++) {
-      native.dup2(stdio[i], i);
-      if (stdio[i] !== i) closeFds([stdio[i]]);
-    }
   }
 
   private readonly reap = (): void => {
+    if (this.spare && this.reapQuietly(this.spare.pid)) {
+      closeFds([this.spare.sock]);
+      this.spare = null;
+    }
     for (const [pid, status] of this.kids) {
       let code: number | null;
       try {
@@ -354,6 +436,15 @@ class Server {
     }
   };
 
+  /** True if pid has ended (and is reaped). */
+  private reapQuietly(pid: number): boolean {
+    try {
+      return native.waitpid(pid, false) !== null;
+    } catch {
+      return true;
+    }
+  }
+
   private dropClient(client: ClientState): void {
     client.watcher.close();
     closeFds([client.fd, ...client.fds]);
@@ -362,6 +453,7 @@ class Server {
   }
 
   private shutdown(): void {
+    if (this.inChild) return;
     try {
       fs.rmSync(path.dirname(this.config.address), { recursive: true, force: true });
     } catch {
@@ -370,6 +462,42 @@ class Server {
     // Children still running keep going (reparented); their clients are gone too.
     process.exit(0);
   }
+}
+
+/** In a child: takes the client's stdin, stdout and stderr. */
+function takeStdio(stdio: number[]): void {
+  for (let i = 0; i < 3; i++) {
+    native.dup2(stdio[i], i);
+    if (stdio[i] !== i) closeFds([stdio[i]]);
+  }
+}
+
+/** A spare's life: prepare, wait (blocking: it has nothing else to do) for a request, run it. */
+function runSpare(sock: number): never {
+  prepareLaunchedChild(true);
+  native.setNonblock(sock, false);
+  let data: Buffer = Buffer.alloc(0);
+  const fds: number[] = [];
+  let need = ASSIGNMENT_HEADER;
+  for (;;) {
+    let msg: { data: Buffer; fds: number[] } | null;
+    try {
+      msg = native.recvMsg(sock, 1 << 20, -1);
+    } catch {
+      msg = null;
+    }
+    // EOF: the server ended (or gave up on us) before we were needed.
+    if (!msg || msg.data.length === 0) native.exitNow(0);
+    data = data.length ? Buffer.concat([data, msg.data]) : msg.data;
+    fds.push(...msg.fds);
+    if (data.length >= ASSIGNMENT_HEADER) need = ASSIGNMENT_HEADER + data.readUInt32BE(0);
+    if (data.length >= need) break;
+  }
+  closeFds([sock]);
+  const nfds = data.readUInt32BE(4);
+  if (fds.length !== nfds || nfds < 3) native.exitNow(70);
+  takeStdio(fds.slice(0, 3));
+  runPreparedForkedChild(decodeLaunch(data.subarray(ASSIGNMENT_HEADER, need)), fds.slice(3));
 }
 
 async function loadPreload(spec: string): Promise<void> {

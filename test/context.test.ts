@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import * as mp from '../src/index';
 import { forkServer } from '../src/forkserver';
 import * as t from './fixtures/targets';
-import { methodsUnderTest, pidAlive, readJson, runScenario, tmpFile, waitUntil, within } from './helpers';
+import { childrenOf, methodsUnderTest, pidAlive, readJson, runScenario, tmpFile, waitUntil, within } from './helpers';
 
 const singleThreaded = process.execArgv.includes('--single-threaded');
 
@@ -124,12 +124,41 @@ if (methodsUnderTest().includes('forkserver')) {
       expect(forkServer.serverPid).to.not.equal(old);
     });
 
-    it('exits when its last client is gone', async () => {
+    it('exits when its last client is gone, and its spare with it', async () => {
       const r = await runScenario('forkserver_client.js', []);
       expect(r.code, r.stderr).to.equal(0);
-      const serverPid = Number(r.stdout.trim());
-      expect(serverPid).to.be.above(0);
-      await waitUntil(() => !pidAlive(serverPid), 5000, 'the forkserver to exit');
+      const { server, children } = JSON.parse(r.stdout) as { server: number; children: number[] };
+      expect(server).to.be.above(0);
+      expect(children).to.have.length(1); // the spare for the next request
+      await waitUntil(() => !pidAlive(server), 5000, 'the forkserver to exit');
+      await waitUntil(() => !pidAlive(children[0]), 5000, 'its spare to exit');
+    });
+
+    it('hands each request to a spare forked in advance, and copes with a dead spare', async () => {
+      const warm = new ctx.Process({ target: t.sleepFor, args: [1] });
+      warm.start();
+      await within(warm.join(), 15_000, 'join');
+      const server = forkServer.serverPid!;
+      await waitUntil(() => childrenOf(server).length === 1, 5000, 'the server to fork a spare');
+      const [spare] = childrenOf(server);
+      const p = new ctx.Process({ target: t.exitWith, args: [4] });
+      p.start();
+      expect(p.pid).to.equal(spare);
+      await within(p.join(), 15_000, 'join');
+      expect(p.exitCode).to.equal(4);
+      // A spare that dies while waiting is replaced; nobody sees it.
+      await waitUntil(() => childrenOf(server).length === 1, 5000, 'the next spare');
+      const [next] = childrenOf(server);
+      process.kill(next, 'SIGKILL');
+      await waitUntil(() => !pidAlive(next), 5000, 'the spare to die');
+      for (let i = 0; i < 3; i++) {
+        const q = new ctx.Process({ target: t.exitWith, args: [5 + i] });
+        q.start();
+        expect(q.pid).to.not.equal(next);
+        await within(q.join(), 15_000, 'join');
+        expect(q.exitCode).to.equal(5 + i);
+      }
+      expect(forkServer.serverPid).to.equal(server);
     });
 
     it('preloads modules given to setForkserverPreload()', async () => {

@@ -60,6 +60,21 @@ export function runScenario(script: string, args: string[], opts: { singleThread
   });
 }
 
+/** pids whose parent is `pid` (Linux /proc). */
+export function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) out.push(Number(d));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
 export function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
