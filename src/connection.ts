@@ -23,7 +23,7 @@ import { AuthenticationError, BufferTooShort, EOFError } from './errors';
 import {
   inMicrotask, native, UV_DISCONNECT, UV_READABLE, UV_WRITABLE, type FdWatcherHandle, type NativeBinding, type PipeListenerHandle,
 } from './native';
-import { dumps, kReduce, loads, registerRebuilder, type RebuildContext, type Reduced, type ReduceContext } from './reduction';
+import { dumps, ENC_JSON, exactJsonText, kReduce, loads, registerRebuilder, type RebuildContext, type Reduced, type ReduceContext } from './reduction';
 import { callFromIoCallback, checkTimeout, closeFds, pollTimeout, registerAfterFork } from './util';
 
 const MAX_MESSAGE = bufferConstants.MAX_LENGTH;
@@ -31,6 +31,16 @@ const MAX_MESSAGE = bufferConstants.MAX_LENGTH;
 const READ_BUFFER = 64 * 1024;
 /** First allocation for a large message; it grows (doubling) only as bytes really arrive. */
 const FIRST_BODY_ALLOC = 1024 * 1024;
+/**
+ * A message this large that has not fully arrived goes into a buffer of its own (handed
+ * out without a copy). After one, the next header is read alone, as Python reads its
+ * 4 bytes first, so the next large body is read straight into its own buffer.
+ */
+const DIRECT_BODY = 32 * 1024;
+/** send() prefix of a message in JSON form: no fds, then the encoding byte. */
+const JSON_PREFIX = Buffer.from([0, ENC_JSON]);
+/** Longer JSON texts go through the general path (no big native scratch buffer). */
+const MAX_TEXT_SEND = 256 * 1024;
 /** Linux's SCM_MAX_FD. */
 const MAX_FDS = 253;
 
@@ -165,6 +175,8 @@ export class Connection<T = unknown> {
   private body: Buffer | null = null;
   private bodyLen = 0;
   private bodyGot = 0;
+  /** The last message was large: read the next header on its own (see DIRECT_BODY). */
+  private lastLarge = false;
   /** Fds that arrived (SCM_RIGHTS) and were not yet claimed by a message. */
   private fdq: number[] = [];
   /** Why the stream cannot be read any more (lost framing). */
@@ -228,6 +240,12 @@ export class Connection<T = unknown> {
 
   private sendNow(obj: T): void {
     this.checkWritable();
+    const text = exactJsonText(obj);
+    if (text !== null && text.length <= MAX_TEXT_SEND) {
+      // The common small message: framed and encoded natively, one call (see reduction.ts).
+      native.connSendText(this.res.fd, JSON_PREFIX, text, this.isSocket);
+      return;
+    }
     const fds: number[] = [];
     const body = dumps(obj, 'connection', fds, 'this value over a Connection');
     if (fds.length > MAX_FDS) throw new RangeError(`a message can carry at most ${MAX_FDS} fds (got ${fds.length})`);
@@ -341,12 +359,14 @@ export class Connection<T = unknown> {
         const total = h.hdr + h.size;
         if (avail >= total) {
           const start = this.rs + h.hdr;
+          this.lastLarge = h.size >= DIRECT_BODY;
           this.rs += total;
           if (this.rs === this.re) this.rs = this.re = 0;
           return this.rb.subarray(start, start + h.size);
         }
-        if (total > READ_BUFFER) {
+        if (h.size >= DIRECT_BODY) {
           // A large message: read it into a buffer of its own.
+          this.lastLarge = true;
           const have = avail - h.hdr;
           this.body = Buffer.allocUnsafe(Math.min(h.size, Math.max(FIRST_BODY_ALLOC, have)));
           this.rb.copy(this.body, 0, this.rs + h.hdr, this.re);
@@ -356,7 +376,27 @@ export class Connection<T = unknown> {
           continue;
         }
       }
-      // Need more bytes in rb.
+      // Need more bytes in rb (after a large message, only the rest of the next header).
+      if (this.lastLarge && this.re - this.rs < 12) {
+        const need = this.re - this.rs < 4 || this.rb.readInt32BE(this.rs) !== -1 ? 4 : 12;
+        if (this.rb.length < 12 || this.rs > this.rb.length - 12) {
+          const nb = Buffer.allocUnsafe(Math.max(this.rb.length, READ_BUFFER));
+          this.rb.copy(nb, 0, this.rs, this.re);
+          this.re -= this.rs;
+          this.rs = 0;
+          this.rb = nb;
+        }
+        if (this.re - this.rs < need) {
+          const n = this.recvRaw(this.rb, this.re, need - (this.re - this.rs), timeoutMs);
+          if (n < 0) return null;
+          if (n === 0) {
+            if (this.re === this.rs) throw new EOFError();
+            throw this.breakStream(outOfSync(`got end of file during a message (${this.re - this.rs} bytes of a header)`));
+          }
+          this.re += n;
+          continue;
+        }
+      }
       if (this.rb.length < READ_BUFFER) {
         const nb = Buffer.allocUnsafe(READ_BUFFER);
         this.rb.copy(nb, 0, this.rs, this.re);

@@ -53,6 +53,7 @@ export interface NativeBinding {
   setNonblock(fd: number, on?: boolean): void;
   // connections (native/socket.cc, used by src/connection.ts)
   isSocket(fd: number): boolean;
+  connSendText(fd: number, prefix: Buffer, text: string, isSocket: boolean): void;
   connRecv(fd: number, buf: Buffer, offset: number, length: number, isSocket: boolean, timeoutMs: number): number | [number, number[]];
   connSend(fd: number, header: Buffer, body: Buffer, offset: number, length: number, fds: number[] | null, isSocket: boolean): void;
   tcpListen(host: string, port: number, backlog?: number): [number, [string, number]];

@@ -1,6 +1,7 @@
 // Connections (API.md "Connections"): Pipe, framing, sync/async reads, poll, wait(),
 // Listener/Client with authentication, fd passing, Python interop, bad input.
 import { expect } from 'chai';
+import * as v8 from 'node:v8';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -67,6 +68,40 @@ describe('connection: in one process', function () {
     b.close();
     expect(a.closed).to.equal(true);
     expect(() => a.send(1)).to.throw(/closed/);
+  });
+
+  it('small values (sent as JSON text) and values JSON would alter arrive exactly as the V8 serializer delivers them', () => {
+    const [a, b] = Pipe();
+    const shared = { k: 1 };
+    const holey = [1, , 3]; // eslint-disable-line no-sparse-arrays
+    const named = Object.assign([1, 2], { extra: 'kept' });
+    const cyclic: Record<string, unknown> = { name: 'loop' };
+    cyclic.self = cyclic;
+    const values: unknown[] = [
+      { id: 1, name: 'small', values: [1, 2, 3], nested: { ok: true, none: null } },
+      'text with \u00e9 and \ud83d\ude00 and a lone \ud800 surrogate', 0, 1.5e300, -7, true, null, [], {},
+      -0, NaN, Infinity, undefined, [undefined], { u: undefined }, holey, named, [shared, shared], cyclic,
+      { toJSON: 'not a method' }, Object.create(null), new Date(7), 5n, { ['__proto__']: 1 },
+    ];
+    for (const v of values) {
+      a.send(v);
+      const got = b.recvSync();
+      expect(got).to.deep.equal(v8.deserialize(v8.serialize(v)), `value #${values.indexOf(v)}`);
+    }
+    a.send(-0);
+    expect(Object.is(b.recvSync(), -0)).to.equal(true);
+    a.send([shared, shared]);
+    const [x, y] = b.recvSync() as object[];
+    expect(x).to.equal(y); // one object, as the V8 serializer keeps it
+    a.send(named);
+    expect((b.recvSync() as { extra?: string }).extra).to.equal('kept');
+    a.send(cyclic);
+    const c = b.recvSync() as Record<string, unknown>;
+    expect(c.self).to.equal(c);
+    a.send(holey);
+    expect(1 in (b.recvSync() as unknown[])).to.equal(false);
+    a.close();
+    b.close();
   });
 
   it('simplex Pipe is [reader, writer]', async () => {

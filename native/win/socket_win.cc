@@ -291,6 +291,26 @@ Napi::Value ConnSend(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// connSendText(fd, prefix, text): as on POSIX (socket.cc): one framed message of
+// `prefix` then `text` in UTF-8.
+Napi::Value ConnSendText(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgInt(info, 0, "fd");
+  if (info.Length() < 3 || !info[1].IsBuffer() || !info[2].IsString())
+    throw Napi::TypeError::New(env, "prefix must be a Buffer and text a string");
+  Napi::Buffer<uint8_t> prefix = info[1].As<Napi::Buffer<uint8_t>>();
+  std::string text = info[2].As<Napi::String>().Utf8Value();
+  const size_t body_len = prefix.Length() + text.size();
+  if (prefix.Length() > 8 || body_len > 0x7fffffff) throw Napi::RangeError::New(env, "prefix or text too long");
+  uint8_t header[4] = {static_cast<uint8_t>(body_len >> 24), static_cast<uint8_t>(body_len >> 16),
+                       static_cast<uint8_t>(body_len >> 8), static_cast<uint8_t>(body_len)};
+  HANDLE h = FdToHandle(env, fd, "WriteFile");
+  WriteAll(env, h, header, sizeof header);
+  WriteAll(env, h, prefix.Data(), prefix.Length());
+  WriteAll(env, h, reinterpret_cast<const uint8_t*>(text.data()), text.size());
+  return env.Undefined();
+}
+
 const char kNoTcp[] =
     "TCP Listener/Client connections are not supported on Windows by this addon (Winsock sockets are not fds); "
     "use Pipe() between processes";
@@ -307,6 +327,7 @@ void InitSocket(Napi::Env env, Napi::Object exports) {
   exports.Set("isSocket", Napi::Function::New(env, IsSocket, "isSocket"));
   exports.Set("connRecv", Napi::Function::New(env, ConnRecv, "connRecv"));
   exports.Set("connSend", Napi::Function::New(env, ConnSend, "connSend"));
+  exports.Set("connSendText", Napi::Function::New(env, ConnSendText, "connSendText"));
   exports.Set("tcpListen", NotSupportedFunction(env, "tcpListen", kNoTcp));
   exports.Set("tcpConnect", NotSupportedFunction(env, "tcpConnect", kNoTcp));
   exports.Set("socketError", NotSupportedFunction(env, "socketError", kNoTcp));
