@@ -11,6 +11,8 @@ import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import * as v8 from 'node:v8';
 import { AuthenticationError, ProcessError } from './errors';
+import { ParentProcess } from './process';
+import { dumps, loads } from './reduction';
 import { ensureForkSupport, native, UV_DISCONNECT, UV_READABLE, type FdWatcherHandle } from './native';
 import { childExecArgv, frameLaunch, getExecutable } from './popen_spawn';
 import { decodeLaunch, inheritedForkserver, prepareLaunchedChild, runLaunchedChild, runPreparedForkedChild } from './spawn';
@@ -472,9 +474,28 @@ function takeStdio(stdio: number[]): void {
   }
 }
 
+/**
+ * Runs, in a spare, the pure parts of a launch on samples (decoding, both argument
+ * encodings): the spare is the future child, so the lazy compilation and copy-on-write
+ * faults they cost happen while it waits. (Not a function sent by source: that loads
+ * acorn, ~20 ms, which only such targets should pay.)
+ */
+function warmSpare(): void {
+  try {
+    v8.deserialize(v8.serialize({ sample: [1, 'x', Buffer.alloc(1)] }));
+    for (const args of [[1, 'x', { a: [true, null] }], [new Map([[1, 2]]), 2n]]) {
+      loads(dumps({ args, props: {} }, 'forkserver', []), 'forkserver', []);
+    }
+    void new ParentProcess(0, 'sample', -1).name;
+  } catch (e) {
+    debug(`forkserver: spare warm-up failed: ${(e as Error).message}`);
+  }
+}
+
 /** A spare's life: prepare, wait (blocking: it has nothing else to do) for a request, run it. */
 function runSpare(sock: number): never {
   prepareLaunchedChild(true);
+  warmSpare();
   native.setNonblock(sock, false);
   let data: Buffer = Buffer.alloc(0);
   const fds: number[] = [];
@@ -482,7 +503,7 @@ function runSpare(sock: number): never {
   for (;;) {
     let msg: { data: Buffer; fds: number[] } | null;
     try {
-      msg = native.recvMsg(sock, 1 << 20, -1);
+      msg = native.recvMsg(sock, 64 * 1024, -1);
     } catch {
       msg = null;
     }
