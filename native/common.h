@@ -39,6 +39,8 @@ int SetNonblock(int fd, bool on);
 void InitProcess(Napi::Env env, Napi::Object exports);
 void InitSocket(Napi::Env env, Napi::Object exports);
 void InitPoll(Napi::Env env, Napi::Object exports);
+// In a forked child, before any JS runs: stops every FdWatcher the parent had (poll.cc).
+void StopInheritedWatchers();
 void InitSemaphore(Napi::Env env, Napi::Object exports);
 void InitSharedMemory(Napi::Env env, Napi::Object exports);
 

@@ -93,6 +93,9 @@ Napi::Value Fork(const Napi::CallbackInfo& info) {
       fprintf(stderr, "node-multiprocessing: uv_loop_fork failed in child: %s\n", uv_strerror(r));
       _exit(70);
     }
+    // Only after uv_loop_fork: until then the loop's epoll instance is the parent's,
+    // and stopping a watcher could remove the parent's registration.
+    StopInheritedWatchers();
     return Napi::Number::New(env, 0);
   }
   int saved = errno;

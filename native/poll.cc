@@ -2,10 +2,15 @@
 #include "common.h"
 #include <uv.h>
 #include <poll.h>
+#include <unordered_set>
 #include <vector>
 
 namespace mp {
 namespace {
+
+class FdWatcher;
+// Every live FdWatcher: a forked child stops those it inherited (StopInheritedWatchers).
+std::unordered_set<FdWatcher*> g_watchers;
 
 // new FdWatcher(fd, callback(status, events)); start(events) / stop() / ref() / unref() / close().
 // events: 1 = readable, 2 = writable, 4 = disconnect (UV_READABLE, UV_WRITABLE, UV_DISCONNECT).
@@ -34,9 +39,16 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
     }
     handle_->data = this;
     env_ = env;
+    g_watchers.insert(this);
   }
 
-  ~FdWatcher() override { CloseHandle(); }
+  ~FdWatcher() override {
+    g_watchers.erase(this);
+    CloseHandle();
+  }
+
+  /** In a forked child: the parent's waits must never resume there (their callbacks run the parent's code). */
+  void StopInherited() { StopHandle(); }
 
  private:
   Napi::Value Start(const Napi::CallbackInfo& info) {
@@ -115,7 +127,7 @@ Napi::Value PollFds(const Napi::CallbackInfo& info) {
   int timeout = -1;
   if (info.Length() > 1 && info[1].IsNumber()) {
     double t = info[1].As<Napi::Number>().DoubleValue();
-    timeout = t < 0 ? 0 : (t > 2147483647.0 ? -1 : static_cast<int>(t + 0.999));
+    timeout = t < 0 ? -1 : (t > 2147483647.0 ? -1 : static_cast<int>(t + 0.999));  // < 0: for ever
   }
   short events = POLLIN;
   if (info.Length() > 2 && info[2].IsNumber() && info[2].As<Napi::Number>().Int32Value() == 2) events = POLLOUT;
@@ -135,6 +147,10 @@ Napi::Value PollFds(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
+
+void StopInheritedWatchers() {
+  for (FdWatcher* w : g_watchers) w->StopInherited();
+}
 
 void InitPoll(Napi::Env env, Napi::Object exports) {
   exports.Set("FdWatcher", FdWatcher::Define(env));

@@ -648,6 +648,20 @@ for (const method of methodsUnderTest()) {
       for (const c of [toChild, fromChild]) c.close();
     });
 
+    it("never resumes the parent's pending async waits in the child", async () => {
+      const file = tmpFile('resumed');
+      const [a, b] = Pipe();
+      const waiting = wait([a], 10_000).then(() => fs.appendFileSync(file, `${process.pid}\n`));
+      await null; // start() inside a continuation: under 'fork' it forks from the loop, after wait() began
+      const p = await run(targets.sendAndLinger, [b, 'x', 300]);
+      await within(waiting, 10_000, 'wait');
+      await within(p.join(), 10_000, 'join');
+      expect(p.exitCode).to.equal(0);
+      expect(fs.readFileSync(file, 'utf8').trim().split('\n')).to.deep.equal([String(process.pid)]);
+      a.close();
+      b.close();
+    });
+
     it('a child connects back to a Listener with an authkey', async () => {
       const authkey = crypto.randomBytes(32);
       const l = new Listener(['127.0.0.1', 0], { authkey });

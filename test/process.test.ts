@@ -103,6 +103,17 @@ for (const method of methodsUnderTest()) {
       expect(p.isAlive()).to.equal(false);
     });
 
+    it('joinSync() without a timeout waits for the end', () => {
+      // Bounded by the child itself: it exits after 300 ms (started outside a promise
+      // continuation, so even under 'fork' it has a pid at once).
+      const p = new ctx.Process({ target: t.sleepFor, args: [300] });
+      p.start();
+      const t0 = Date.now();
+      p.joinSync();
+      expect(Date.now() - t0).to.be.at.least(200);
+      expect(p.exitCode).to.equal(0);
+    });
+
     it('runs a subclass\'s run() with its own properties', async () => {
       const file = tmpFile('sub');
       const w = new t.Worker({ name: 'the-worker', context: ctx });
