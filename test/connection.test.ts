@@ -727,7 +727,23 @@ describe('connection: named pipe addresses (AF_PIPE)', () => {
       await expectRejects(Client(name, { family: 'AF_PIPE' }), (e) => expect(e.message).to.match(clear));
     });
   } else {
-    // Blocking reads only: the authkey handshake reads asynchronously, which needs async reads on Windows.
+    it('Listener/Client over a named pipe with an authkey, async reads, a wrong key', async () => {
+      const authkey = Buffer.from('named pipe key');
+      const l = new Listener({ authkey });
+      const [client, server] = await within(Promise.all([Client(l.address, { authkey }), l.accept()]), 10_000, 'connect');
+      client.send({ n: 1 });
+      expect(await within(server.recv(), 10_000, 'recv')).to.deep.equal({ n: 1 });
+      expect(await within(mp.connection.wait([client], 50), 5000, 'wait')).to.deep.equal([]);
+      server.sendBytes(Buffer.from('bytes'));
+      expect((await within(client.recvBytes(), 10_000, 'recvBytes')).toString()).to.equal('bytes');
+      const accepting = l.accept();
+      await expectRejects(within(Client(l.address, { authkey: Buffer.from('wrong') }), 10_000, 'client'),
+        (e) => expect(e.name).to.equal('AuthenticationError'));
+      await expectRejects(within(accepting, 10_000, 'accept'), (e) => expect(e.name).to.equal('AuthenticationError'));
+      for (const c of [client, server]) c.close();
+      l.close();
+    });
+
     it('Listener/Client over a named pipe, and a Connection sent over it', async () => {
       const l = new Listener();
       expect(l.family).to.equal('AF_PIPE');
