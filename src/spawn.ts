@@ -7,7 +7,7 @@ import {
   becomeChild, currentProcess, kState, libraryProcessClasses, ParentProcess, Process, setImportingTargetModule,
 } from './process';
 import { describeFunction, dumps, FunctionRef, loads, resolveFunction, StartMethod } from './reduction';
-import { registerAfterFork, runAfterForkHooks } from './util';
+import { debug, registerAfterFork, runAfterForkHooks } from './util';
 
 export interface LaunchData {
   name: string;
@@ -205,20 +205,34 @@ function trackOwnResources(): () => boolean {
       init(id, type, _trigger, resource) {
         if (!ignored.has(type)) live.set(id, resource);
       },
+      // A request (no hasRef: crypto, fs, dns jobs...) is done once its callback ran. Its
+      // destroy hook comes later, from Node's check phase, after a poll that may block
+      // on the parent's inherited timers (seen: a child waited for mocha's 60 s timer).
+      after(id) {
+        const r = live.get(id) as { hasRef?: unknown } | null | undefined;
+        if (r !== undefined && typeof r?.hasRef !== 'function') live.delete(id);
+      },
       destroy(id) {
         live.delete(id);
       },
     })
     .enable();
+  const types = new Map<number, string>();
   return () => {
-    for (const r of live.values()) {
+    for (const [id, r] of live) {
       const res = r as { hasRef?: () => boolean; _destroyed?: boolean } | null;
       // A Timeout or Immediate that ran is done, though its destroy hook comes a turn
       // later (from Node's check phase: waiting for it could block on the parent's
       // inherited handles). Handles report hasRef() false once closed.
       if (res?._destroyed === true) continue;
       const hasRef = res?.hasRef;
-      if (typeof hasRef !== 'function' || hasRef.call(r)) return true;
+      if (typeof hasRef !== 'function' || hasRef.call(r)) {
+        if (!types.has(id)) {
+          types.set(id, (r as object | null)?.constructor?.name ?? typeof r);
+          debug(`forked child: waits for its own ${types.get(id)} (async id ${id})`);
+        }
+        return true;
+      }
     }
     return false;
   };
