@@ -103,15 +103,13 @@ for (const method of methodsUnderTest()) {
       expect(p.isAlive()).to.equal(false);
     });
 
-    it('joinSync() without a timeout waits for the end', () => {
-      // Bounded by the child itself: it exits after 300 ms (started outside a promise
-      // continuation, so even under 'fork' it has a pid at once).
-      const p = new ctx.Process({ target: t.sleepFor, args: [300] });
-      p.start();
-      const t0 = Date.now();
-      p.joinSync();
-      expect(Date.now() - t0).to.be.at.least(200);
-      expect(p.exitCode).to.equal(0);
+    it('joinSync() without a timeout waits for the end', async () => {
+      const r = await runScenario('join_sync.js', [method], { singleThreaded: method === 'fork', timeoutMs: 15_000 });
+      expect(r.code, r.stderr).to.equal(0);
+      const out = JSON.parse(r.stdout) as { ms: number; exitCode: number; alive: boolean };
+      expect(out.ms).to.be.at.least(200);
+      expect(out.exitCode).to.equal(0);
+      expect(out.alive).to.equal(false);
     });
 
     it('runs a subclass\'s run() with its own properties', async () => {
