@@ -23,7 +23,7 @@ import { AuthenticationError, BufferTooShort, EOFError } from './errors';
 import {
   inMicrotask, native, UV_DISCONNECT, UV_READABLE, UV_WRITABLE, type FdWatcherHandle, type NativeBinding, type PipeListenerHandle,
 } from './native';
-import { dumps, ENC_JSON, exactJsonText, kReduce, loads, registerRebuilder, type RebuildContext, type Reduced, type ReduceContext } from './reduction';
+import { dumps, ENC_JSON, encodeJsonText, exactJsonText, kReduce, loads, registerRebuilder, type RebuildContext, type Reduced, type ReduceContext } from './reduction';
 import { callFromIoCallback, checkTimeout, closeFds, pollTimeout, registerAfterFork } from './util';
 
 const MAX_MESSAGE = bufferConstants.MAX_LENGTH;
@@ -40,7 +40,7 @@ const DIRECT_BODY = 32 * 1024;
 /** send() prefix of a message in JSON form: no fds, then the encoding byte. */
 const JSON_PREFIX = Buffer.from([0, ENC_JSON]);
 /** Longer JSON texts go through the general path (no big native scratch buffer). */
-const MAX_TEXT_SEND = 256 * 1024;
+const MAX_TEXT_SEND = 64 * 1024;
 /** Linux's SCM_MAX_FD. */
 const MAX_FDS = 253;
 
@@ -247,7 +247,7 @@ export class Connection<T = unknown> {
       return;
     }
     const fds: number[] = [];
-    const body = dumps(obj, 'connection', fds, 'this value over a Connection');
+    const body = text !== null ? encodeJsonText(text) : dumps(obj, 'connection', fds, 'this value over a Connection');
     if (fds.length > MAX_FDS) throw new RangeError(`a message can carry at most ${MAX_FDS} fds (got ${fds.length})`);
     if (fds.length > 0 && !this.isSocket) {
       throw new TypeError('Connections and other fd-backed objects can only be sent over a duplex Pipe or a socket, ' +
@@ -376,27 +376,7 @@ export class Connection<T = unknown> {
           continue;
         }
       }
-      // Need more bytes in rb (after a large message, only the rest of the next header).
-      if (this.lastLarge && this.re - this.rs < 12) {
-        const need = this.re - this.rs < 4 || this.rb.readInt32BE(this.rs) !== -1 ? 4 : 12;
-        if (this.rb.length < 12 || this.rs > this.rb.length - 12) {
-          const nb = Buffer.allocUnsafe(Math.max(this.rb.length, READ_BUFFER));
-          this.rb.copy(nb, 0, this.rs, this.re);
-          this.re -= this.rs;
-          this.rs = 0;
-          this.rb = nb;
-        }
-        if (this.re - this.rs < need) {
-          const n = this.recvRaw(this.rb, this.re, need - (this.re - this.rs), timeoutMs);
-          if (n < 0) return null;
-          if (n === 0) {
-            if (this.re === this.rs) throw new EOFError();
-            throw this.breakStream(outOfSync(`got end of file during a message (${this.re - this.rs} bytes of a header)`));
-          }
-          this.re += n;
-          continue;
-        }
-      }
+      // Need more bytes in rb.
       if (this.rb.length < READ_BUFFER) {
         const nb = Buffer.allocUnsafe(READ_BUFFER);
         this.rb.copy(nb, 0, this.rs, this.re);
@@ -408,7 +388,14 @@ export class Connection<T = unknown> {
         this.re -= this.rs;
         this.rs = 0;
       }
-      const n = this.recvRaw(this.rb, this.re, this.rb.length - this.re, timeoutMs);
+      let room = this.rb.length - this.re;
+      if (this.lastLarge) {
+        // Only the rest of the next header (see DIRECT_BODY).
+        const avail = this.re - this.rs;
+        const header = avail < 4 || this.rb.readInt32BE(this.rs) !== -1 ? 4 : 12;
+        if (avail < header) room = Math.min(room, header - avail);
+      }
+      const n = this.recvRaw(this.rb, this.re, room, timeoutMs);
       if (n < 0) return null;
       if (n === 0) {
         if (this.re === this.rs) throw new EOFError();

@@ -199,8 +199,8 @@ export function exactJsonText(value: unknown): string | null {
   return jsonExact(value) ? JSON.stringify(value) : null;
 }
 
-function encodeJson(value: unknown): Buffer {
-  const text = JSON.stringify(value);
+/** What dumps() makes of a value whose exactJsonText() is `text`. */
+export function encodeJsonText(text: string): Buffer {
   const out = Buffer.allocUnsafe(1 + Buffer.byteLength(text));
   out[0] = ENC_JSON;
   out.write(text, 1);
@@ -209,7 +209,8 @@ function encodeJson(value: unknown): Buffer {
 
 /** Serializes a value; fds of library objects in it are appended to `fds`. */
 export function dumps(value: unknown, method: ReduceContext['method'], fds: number[], what = 'a value'): Buffer {
-  if (jsonExact(value)) return encodeJson(value);
+  const text = exactJsonText(value);
+  if (text !== null) return encodeJsonText(text);
   const ctx: ReduceContext = { method, addFd: (fd) => fds.push(fd) - 1 };
   let reduced: unknown;
   try {

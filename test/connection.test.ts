@@ -82,6 +82,7 @@ describe('connection: in one process', function () {
       'text with \u00e9 and \ud83d\ude00 and a lone \ud800 surrogate', 0, 1.5e300, -7, true, null, [], {},
       -0, NaN, Infinity, undefined, [undefined], { u: undefined }, holey, named, [shared, shared], cyclic,
       { toJSON: 'not a method' }, Object.create(null), new Date(7), 5n, { ['__proto__']: 1 },
+      { long: 'y'.repeat(100_000) }, // JSON form, but longer than the one-call native send takes
     ];
     for (const v of values) {
       a.send(v);
