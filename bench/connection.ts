@@ -1,11 +1,10 @@
 // bench/connection: Pipe round trip (sync and async) and sendBytes echo throughput, against
 // Python 3.13's multiprocessing Pipe and Node's child_process IPC in the same run.
 // `node dist/bench/connection.js [roundTrips]`.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import * as fs from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
 import * as os from 'node:os';
-import * as path from 'node:path';
 import * as mp from '../src/index';
+import { runPython } from './python';
 import type { Connection } from '../src/connection';
 
 const SIZES = [1024, 64 * 1024, 1024 * 1024, 16 * 1024 * 1024];
@@ -94,35 +93,6 @@ async function throughput(): Promise<Record<number, number>> {
 
 interface PyResult { version: string; start_method: string; rtt_ns: number; echo: Record<string, number> }
 
-function pythonCandidates(): string[] {
-  const out: string[] = [];
-  if (process.env.PYTHON) out.push(process.env.PYTHON);
-  const root = process.env.PYENV_ROOT ?? path.join(os.homedir(), '.pyenv');
-  try {
-    for (const v of fs.readdirSync(path.join(root, 'versions')).filter((d) => d.startsWith('3.13')).sort().reverse()) {
-      out.push(path.join(root, 'versions', v, 'bin', 'python3.13'));
-    }
-  } catch {
-    /* no pyenv */
-  }
-  out.push('python3.13');
-  return out;
-}
-
-function runPython(n: number): PyResult | string {
-  const script = path.join(__dirname, '..', '..', 'bench', 'connection_py.py');
-  let last = 'python3.13 not found';
-  for (const exe of pythonCandidates()) {
-    try {
-      const out = execFileSync(exe, [script, String(n)], { encoding: 'utf8', timeout: 300_000, stdio: ['ignore', 'pipe', 'pipe'] });
-      return JSON.parse(out) as PyResult;
-    } catch (e) {
-      last = `${exe}: ${(e as Error).message.split('\n')[0]}`;
-    }
-  }
-  return last;
-}
-
 function fmtNs(ns: number | null | undefined): string {
   if (ns === null || ns === undefined || Number.isNaN(ns)) return '—';
   return ns >= 1000 ? `${(ns / 1000).toFixed(2)} µs` : `${ns.toFixed(0)} ns`;
@@ -139,7 +109,7 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
   const rt = await roundTrips(n);
   const ipc = await childProcessIpc(Math.max(1, Math.floor(n / 4)));
   const tp = await throughput();
-  const py = runPython(n);
+  const py = runPython<PyResult>('connection_py.py', [n]);
   const pyOk = typeof py === 'object';
   console.log(`machine: ${os.cpus()[0]?.model ?? 'unknown'} (${os.cpus().length} CPUs), ${os.platform()} ${os.release()}`);
   console.log(`node ${process.version} (${mp.getStartMethod()} child); python ${pyOk ? `${py.version} (${py.start_method} child)` : `(${py})`}`);

@@ -5,10 +5,10 @@
 // Times come from CLOCK_MONOTONIC in both processes (process.hrtime / time.monotonic_ns),
 // so "target running" is measured in the child itself.
 import { execFileSync, fork as cpFork } from 'node:child_process';
-import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as mp from '../src/index';
+import { runPython } from './python';
 
 /** The child's first act: write the monotonic clock into the shared slot. */
 export function stamp(slot: BigInt64Array): void {
@@ -62,34 +62,9 @@ async function measureChildProcessFork(runs: number): Promise<Row> {
   return { name: "node child_process.fork", running: median(running), joined: median(joined) };
 }
 
-/** Python 3.13: $PYTHON, a pyenv install, or python3.13 on PATH. */
-function pythonCandidates(): string[] {
-  const out: string[] = [];
-  if (process.env.PYTHON) out.push(process.env.PYTHON);
-  const root = process.env.PYENV_ROOT ?? path.join(os.homedir(), '.pyenv');
-  try {
-    for (const v of fs.readdirSync(path.join(root, 'versions')).filter((d) => d.startsWith('3.13')).sort().reverse()) {
-      out.push(path.join(root, 'versions', v, 'bin', 'python3.13'));
-    }
-  } catch {
-    /* no pyenv */
-  }
-  out.push('python3.13');
-  return out;
-}
-
 function measurePython(runs: number): Row[] {
-  const script = path.join(__dirname, '..', '..', 'bench', 'process_start_py.py');
-  let why = 'not found';
-  for (const py of pythonCandidates()) {
-    try {
-      const out = execFileSync(py, [script, String(runs)], { encoding: 'utf8', timeout: 300_000, stdio: ['ignore', 'pipe', 'pipe'] });
-      return JSON.parse(out) as Row[];
-    } catch (e) {
-      why = (e as Error).message.split('\n')[0];
-    }
-  }
-  return [{ name: `python3.13 unavailable (${why})`, running: NaN, joined: NaN }];
+  const rows = runPython<Row[]>('process_start_py.py', [runs]);
+  return typeof rows === 'string' ? [{ name: `python3.13 unavailable (${rows})`, running: NaN, joined: NaN }] : rows;
 }
 
 /** 'fork' needs a --single-threaded process: measure it in one. */

@@ -2,11 +2,9 @@
 //   node dist/bench/shared_memory.js            (256 MiB array for the child-sum case)
 //   MP_BENCH_LARGE=1 node dist/bench/shared_memory.js   (1 GiB)
 //   MP_BENCH_SCALE=0.2 ...                       (fewer iterations)
-import { execFileSync } from 'node:child_process';
-import * as fs from 'node:fs';
 import * as os from 'node:os';
-import * as path from 'node:path';
 import * as mp from '../src/index';
+import { runPython } from './python';
 
 const SCALE = Number(process.env.MP_BENCH_SCALE ?? '1') || 1;
 const LARGE_BYTES = process.env.MP_BENCH_LARGE === '1' ? 1024 ** 3 : 256 * 1024 ** 2;
@@ -137,18 +135,8 @@ function shmCreateUnlink(n: number): number {
 }
 
 function python(): { python: string; value_increment_ns: number; shm_create_unlink_ns: number } | null {
-  const script = [path.resolve(__dirname, '../../bench/shared_memory_py.py'), path.resolve(__dirname, 'shared_memory_py.py')]
-    .find((p) => fs.existsSync(p));
-  if (!script) return null;
-  for (const exe of [process.env.PYTHON313 ?? '', '/root/.pyenv/versions/3.13.0/bin/python3.13', 'python3.13']) {
-    if (!exe) continue;
-    try {
-      return JSON.parse(execFileSync(exe, [script, String(SCALE)], { timeout: 300_000, stdio: ['ignore', 'pipe', 'ignore'] }).toString());
-    } catch {
-      /* try the next */
-    }
-  }
-  return null;
+  const r = runPython<{ python: string; value_increment_ns: number; shm_create_unlink_ns: number }>('shared_memory_py.py', [SCALE]);
+  return typeof r === 'string' ? null : r;
 }
 
 function machine(): string {

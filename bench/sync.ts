@@ -1,10 +1,8 @@
 // bench/sync: Lock and Semaphore costs, against Python 3.13's multiprocessing in the
 // same run. `node dist/bench/sync.js [iterations] [rounds]`.
-import { execFileSync } from 'node:child_process';
-import * as fs from 'node:fs';
 import * as os from 'node:os';
-import * as path from 'node:path';
 import * as mp from '../src/index';
+import { runPython } from './python';
 
 /** The other side of the hand-off: takes `a`, gives `b`, `rounds` times. */
 export function pingPong(a: mp.Semaphore, b: mp.Semaphore, rounds: number): void {
@@ -98,36 +96,6 @@ interface PyResult {
   value_increment_ns: number;
 }
 
-/** Python 3.13: $PYTHON, python3.13 on PATH, or a pyenv install (whose shim may refuse). */
-function pythonCandidates(): string[] {
-  const out: string[] = [];
-  if (process.env.PYTHON) out.push(process.env.PYTHON);
-  out.push('python3.13');
-  const root = process.env.PYENV_ROOT ?? path.join(os.homedir(), '.pyenv');
-  try {
-    for (const v of fs.readdirSync(path.join(root, 'versions')).filter((d) => d.startsWith('3.13')).sort().reverse()) {
-      out.push(path.join(root, 'versions', v, 'bin', 'python3.13'));
-    }
-  } catch {
-    /* no pyenv */
-  }
-  return out;
-}
-
-function runPython(n: number, rounds: number): PyResult | string {
-  const script = path.join(__dirname, '..', '..', 'bench', 'sync_py.py');
-  let last = 'python3.13 not found';
-  for (const exe of pythonCandidates()) {
-    try {
-      const out = execFileSync(exe, [script, String(n), String(rounds)], { encoding: 'utf8', timeout: 120_000, stdio: ['ignore', 'pipe', 'pipe'] });
-      return JSON.parse(out) as PyResult;
-    } catch (e) {
-      last = `${exe}: ${(e as Error).message.split('\n')[0]}`;
-    }
-  }
-  return last;
-}
-
 function fmt(ns: number | null | undefined): string {
   if (ns === null || ns === undefined || Number.isNaN(ns)) return '—';
   return ns >= 1000 ? `${(ns / 1000).toFixed(2)} µs` : `${ns.toFixed(0)} ns`;
@@ -141,7 +109,7 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
   const handoff = await benchHandoff(rounds, false);
   const handoffAsync = await benchHandoff(Math.floor(rounds / 2), true);
   const value = benchValue(Math.floor(n / 4));
-  const py = runPython(n, rounds);
+  const py = runPython<PyResult>('sync_py.py', [n, rounds], 120_000);
   const pyOk = typeof py === 'object';
   const rows: Array<[string, number | null, number | null, string]> = [
     ['uncontended Lock acquire+release (sync)', sync, pyOk ? py.uncontended_sync_ns : null, '≤ 120 ns'],
