@@ -84,23 +84,28 @@ describe('connection: in one process', function () {
       { toJSON: 'not a method' }, Object.create(null), new Date(7), 5n, { ['__proto__']: 1 },
       { long: 'y'.repeat(100_000) }, // JSON form, but longer than the one-call native send takes
     ];
+    // Every read is bounded: the message must be there within 5 s before recvSync() takes it.
+    const next = (): unknown => {
+      expect(b.pollSync(5000), 'a message arrives').to.equal(true);
+      return b.recvSync();
+    };
     for (const v of values) {
       a.send(v);
-      const got = b.recvSync();
+      const got = next();
       expect(got).to.deep.equal(v8.deserialize(v8.serialize(v)), `value #${values.indexOf(v)}`);
     }
     a.send(-0);
-    expect(Object.is(b.recvSync(), -0)).to.equal(true);
+    expect(Object.is(next(), -0)).to.equal(true);
     a.send([shared, shared]);
-    const [x, y] = b.recvSync() as object[];
+    const [x, y] = next() as object[];
     expect(x).to.equal(y); // one object, as the V8 serializer keeps it
     a.send(named);
-    expect((b.recvSync() as { extra?: string }).extra).to.equal('kept');
+    expect((next() as { extra?: string }).extra).to.equal('kept');
     a.send(cyclic);
-    const c = b.recvSync() as Record<string, unknown>;
+    const c = next() as Record<string, unknown>;
     expect(c.self).to.equal(c);
     a.send(holey);
-    expect(1 in (b.recvSync() as unknown[])).to.equal(false);
+    expect(1 in (next() as unknown[])).to.equal(false);
     a.close();
     b.close();
   });
