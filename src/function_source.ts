@@ -36,9 +36,12 @@ export function functionExpressionSource(src: string): { expression: string; ast
   throw new SyntaxError('function source could not be parsed');
 }
 
-/** Names a function refers to but does not declare (free variables), in first-use order. */
-export function freeVariables(src: string, allowed: (name: string) => boolean): string[] {
-  const { ast } = functionExpressionSource(src);
+/**
+ * A function's expression source (see functionExpressionSource) and the names it refers
+ * to but does not declare (free variables), in first-use order.
+ */
+export function analyseFunctionSource(src: string, allowed: (name: string) => boolean): { expression: string; free: string[] } {
+  const { expression, ast } = functionExpressionSource(src);
   const declared = new Set<string>(['arguments']);
   const used: string[] = [];
 
@@ -111,5 +114,5 @@ export function freeVariables(src: string, allowed: (name: string) => boolean): 
   for (const name of used) {
     if (!declared.has(name) && !allowed(name) && !free.includes(name)) free.push(name);
   }
-  return free;
+  return { expression, free };
 }

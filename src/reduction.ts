@@ -6,7 +6,7 @@ import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import { pathToFileURL, fileURLToPath } from 'node:url';
 import * as v8 from 'node:v8';
-import { freeVariables, functionExpressionSource } from './function_source';
+import { analyseFunctionSource } from './function_source';
 
 export type StartMethod = 'fork' | 'forkserver' | 'spawn';
 
@@ -255,7 +255,8 @@ export function loads(buf: Buffer, method: RebuildContext['method'], fds: readon
 export type FunctionRef =
   | { kind: 'cjs'; path: string; exportName: string | null }
   | { kind: 'esm'; url: string; exportName: string; source: string }
-  | { kind: 'source'; source: string; name: string };
+  /** `expression` evaluates to the function: parsed in the sender, so the receiver needs no parser. */
+  | { kind: 'source'; source: string; expression: string; name: string };
 
 /** Names a by-source function may use without declaring: the globals of any Node process. */
 const moduleScopeNames = new Set(['require', 'module', 'exports', '__filename', '__dirname', 'undefined', 'NaN', 'Infinity', 'globalThis']);
@@ -315,12 +316,12 @@ export function callerModuleUrl(): string | null {
  * loaded module (found by identity), else by source when it is self-contained.
  * `what` names it in errors ("the target", "the class Worker").
  */
-const describedByRef = new WeakMap<Function, FunctionRef>();
+const describedByRef = new WeakMap<Function, FunctionRef>();  // by reference or by source
 
 export function describeFunction(fn: Function, what: string, callerUrl: string | null): FunctionRef {
   // Scanning every loaded module is the costly part of start(): remember what was found.
   const known = describedByRef.get(fn);
-  if (known && require.cache[(known as { path: string }).path]) return known;
+  if (known && (known.kind === 'source' || require.cache[(known as { path: string }).path])) return known;
   const byRef = findInRequireCache(fn);
   if (byRef) {
     describedByRef.set(fn, byRef);
@@ -333,13 +334,18 @@ export function describeFunction(fn: Function, what: string, callerUrl: string |
   }
   const isClass = /^class\b/.test(source);
   let free: string[] = [];
+  let expression = '';
   let parsed = true;
   try {
-    free = freeVariables(source, isGlobalName);
+    ({ expression, free } = analyseFunctionSource(source, isGlobalName));
   } catch {
     parsed = false;
   }
-  if (parsed && free.length === 0 && !isClass) return { kind: 'source', source, name: fn.name };
+  if (parsed && free.length === 0 && !isClass) {
+    const ref: FunctionRef = { kind: 'source', source, expression, name: fn.name };
+    describedByRef.set(fn, ref);  // a function's source never changes: parse it once
+    return ref;
+  }
   if (callerUrl && fn.name && callerUrl.startsWith('file:') && /\.(mjs|mts|js|ts)$/.test(callerUrl)) {
     if (!callerUrl.endsWith('.cjs') && !isCommonJsFile(callerUrl)) {
       return { kind: 'esm', url: callerUrl, exportName: fn.name, source };
@@ -382,15 +388,17 @@ export async function resolveFunction(ref: FunctionRef, what: string): Promise<F
           'cannot be sent by source. Export it, or make it self-contained.',
       );
     }
-    case 'source': {
-      const { expression } = functionExpressionSource(ref.source);
-      const base = path.join(process.cwd(), 'noop.js');
-      const req = createRequire(base);
-      // eslint-disable-next-line @typescript-eslint/no-implied-eval
-      const make = new Function('require', '__filename', '__dirname', `return ${expression};`);
-      return make(req, base, path.dirname(base)) as Function;
-    }
+    case 'source':
+      return functionFromSource(ref);
   }
+}
+
+/** Evaluates a by-source function in this process, with its own require(). */
+export function functionFromSource(ref: Extract<FunctionRef, { kind: 'source' }>): Function {
+  const base = path.join(process.cwd(), 'noop.js');
+  // eslint-disable-next-line @typescript-eslint/no-implied-eval
+  const make = new Function('require', '__filename', '__dirname', `return ${ref.expression};`);
+  return make(createRequire(base), base, path.dirname(base)) as Function;
 }
 
 /** Loads the module a ref points to; used to check a reference before use. */

@@ -15,15 +15,12 @@ import { BaseContext, callable, defaultContext } from './context';
 import { BrokenBarrierError } from './errors';
 import { native } from './native';
 import {
-  callerModuleUrl, describeFunction, type FunctionRef, kReduce, type Reduced, type ReduceContext, registerRebuilder,
+  callerModuleUrl, describeFunction, functionFromSource, type FunctionRef, kReduce, type Reduced, type ReduceContext, registerRebuilder,
   resolveFunction,
 } from './reduction';
 import * as tracker from './resource_tracker';
 import { checkTimeout, registerAfterFork } from './util';
-import { functionExpressionSource } from './function_source';
-import { createRequire } from 'node:module';
 import * as os from 'node:os';
-import * as path from 'node:path';
 
 // ---------------------------------------------------------------------------
 // The native binding
@@ -840,12 +837,7 @@ function resolveFunctionSync(ref: FunctionRef): Function | null {
     const fn = ref.exportName === null ? exp : exp[ref.exportName];
     return typeof fn === 'function' ? fn : null;
   }
-  if (ref.kind === 'source') {
-    const { expression } = functionExpressionSource(ref.source);
-    const base = path.join(process.cwd(), 'noop.js');
-    // eslint-disable-next-line @typescript-eslint/no-implied-eval
-    return new Function('require', '__filename', '__dirname', `return ${expression};`)(createRequire(base), base, path.dirname(base));
-  }
+  if (ref.kind === 'source') return functionFromSource(ref);
   return null;
 }
 

@@ -135,6 +135,24 @@ for (const method of methodsUnderTest()) {
       expect(readJson(file)).to.equal(42);
     });
 
+    if (method !== 'fork') {
+      it('builds a by-source function without parsing it again (no parser loaded in the child)', async () => {
+        const file = tmpFile('src-noparse');
+        // A method shorthand needs the sender's rewriting to evaluate; the child only evaluates.
+        const holder = {
+          report(f: string) {
+            const loaded = Object.keys(require.cache).filter((k) => /[\\/]acorn[\\/]/.test(k));
+            require('node:fs').writeFileSync(f, JSON.stringify(loaded));
+          },
+        };
+        const p = new ctx.Process({ target: holder.report, args: [file] });
+        p.start();
+        await within(p.join(), 15_000, 'join');
+        expect(p.exitCode).to.equal(0);
+        expect(readJson(file)).to.deep.equal([]);
+      });
+    }
+
     if (method === 'fork') {
       it('runs closures (the heap is inherited)', async () => {
         const file = tmpFile('closure');
