@@ -14,8 +14,6 @@
 // order the reads were asked for. Async reads wait on the event loop (uv_poll on a
 // dup of the fd: never the same fd number as another watcher).
 import { constants as bufferConstants } from 'node:buffer';
-import * as crypto from 'node:crypto';
-import * as dns from 'node:dns';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -24,7 +22,7 @@ import {
   inMicrotask, native, UV_DISCONNECT, UV_READABLE, UV_WRITABLE, type FdWatcherHandle, type NativeBinding, type PipeListenerHandle,
 } from './native';
 import { dumps, ENC_JSON, encodeJsonText, exactJsonText, kReduce, loads, registerRebuilder, type RebuildContext, type Reduced, type ReduceContext } from './reduction';
-import { callFromIoCallback, checkTimeout, closeFds, pollTimeout, registerAfterFork } from './util';
+import { callFromIoCallback, checkTimeout, closeFds, lazyCrypto, pollTimeout, registerAfterFork } from './util';
 
 const MAX_MESSAGE = bufferConstants.MAX_LENGTH;
 /** Internal read buffer; messages that do not fit are read into their own buffer. */
@@ -859,11 +857,11 @@ const NAME_CHARS = 'abcdefghijklmnopqrstuvwxyz0123456789_';
 
 /** A fresh address of `family` for a Listener (Python's arbitrary_address). */
 export function arbitraryAddress(family: Family): Address {
-  if (family === 'AF_UNIX') return path.join(os.tmpdir(), `mp-listener-${process.pid}-${crypto.randomBytes(6).toString('hex')}`);
+  if (family === 'AF_UNIX') return path.join(os.tmpdir(), `mp-listener-${process.pid}-${lazyCrypto().randomBytes(6).toString('hex')}`);
   if (family === 'AF_PIPE') {
     // As CPython: \\.\pipe\pyc-<pid>-<counter>-<8 random characters>.
     let rand = '';
-    for (let i = 0; i < 8; i++) rand += NAME_CHARS[crypto.randomInt(NAME_CHARS.length)];
+    for (let i = 0; i < 8; i++) rand += NAME_CHARS[lazyCrypto().randomInt(NAME_CHARS.length)];
     return `\\\\.\\pipe\\pyc-${process.pid}-${pipeCounter++}-${rand}`;
   }
   return [family === 'AF_INET6' ? '::1' : '127.0.0.1', 0];
@@ -914,7 +912,7 @@ function digestNameAndPayload(message: Buffer): [string, Buffer] {
 }
 
 function hmac(authkey: Buffer, message: Buffer, pyName: string): Buffer {
-  return crypto.createHmac(ALLOWED_DIGESTS.get(pyName)!, authkey).update(message).digest();
+  return lazyCrypto().createHmac(ALLOWED_DIGESTS.get(pyName)!, authkey).update(message).digest();
 }
 
 function createResponse(authkey: Buffer, message: Buffer): Buffer {
@@ -941,7 +939,7 @@ function verifyChallenge(authkey: Buffer, message: Buffer, response: Buffer): vo
   if (expected.length !== mac.length) {
     throw new AuthenticationError(`expected '${digest}' of length ${expected.length} got ${mac.length}`);
   }
-  if (!crypto.timingSafeEqual(expected, mac)) throw new AuthenticationError('digest received was wrong');
+  if (!lazyCrypto().timingSafeEqual(expected, mac)) throw new AuthenticationError('digest received was wrong');
 }
 
 function checkAuthkey(authkey: unknown): Buffer | null {
@@ -962,7 +960,7 @@ async function recvAuth(conn: Connection, what: string): Promise<Buffer> {
 
 /** The serving side's half (Python's deliver_challenge). */
 export async function deliverChallenge(conn: Connection, authkey: Buffer, digestName = 'sha256'): Promise<void> {
-  const message = Buffer.concat([Buffer.from(`{${digestName}}`), crypto.randomBytes(MESSAGE_LENGTH)]);
+  const message = Buffer.concat([Buffer.from(`{${digestName}}`), lazyCrypto().randomBytes(MESSAGE_LENGTH)]);
   conn.sendBytes(Buffer.concat([CHALLENGE, message]));
   const response = await recvAuth(conn, 'no valid response to the challenge');
   try {
@@ -1182,6 +1180,8 @@ export async function Client<T = unknown>(address: Address, options: ClientOptio
     if (typeof address === 'string') throw new TypeError(`an ${family} address is [host, port]`);
     let host = numericHost(address[0]);
     if (!/^[\d.]+$/.test(host) && !host.includes(':')) {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const dns = require('node:dns') as typeof import('node:dns');  // loaded only for host names
       host = (await dns.promises.lookup(host, { family: family === 'AF_INET6' ? 6 : 4 })).address;
     }
     const [s, inProgress] = native.tcpConnect(host, address[1]);

@@ -3,8 +3,7 @@
 // socket in a private directory, authenticate with an HMAC of a challenge, and pass
 // the child's fds with SCM_RIGHTS. The server reports each child's pid, then its exit
 // status, on a per-child socket whose client end is the Process sentinel.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -16,14 +15,14 @@ import { dumps, loads } from './reduction';
 import { ensureForkSupport, native, UV_DISCONNECT, UV_READABLE, type FdWatcherHandle } from './native';
 import { childExecArgv, frameLaunch, getExecutable } from './popen_spawn';
 import { decodeLaunch, inheritedForkserver, prepareLaunchedChild, runLaunchedChild, runPreparedForkedChild } from './spawn';
-import { callFromIoCallback, closeFds, debug, registerAfterFork } from './util';
+import { callFromIoCallback, closeFds, debug, lazyChildProcess, lazyCrypto, registerAfterFork } from './util';
 
 const CHALLENGE_BYTES = 32;
 const STARTUP_TIMEOUT_MS = 30_000;
 const serverMainPath = path.join(__dirname, 'forkserver_main.js');
 
 function hmac(key: Buffer, challenge: Buffer): Buffer {
-  return createHmac('sha256', key).update(challenge).digest();
+  return lazyCrypto().createHmac('sha256', key).update(challenge).digest();
 }
 
 interface ServerConfig {
@@ -100,12 +99,12 @@ export class ForkServer {
     if (why) throw new Error(`the 'forkserver' start method is unavailable: ${why}`);
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mp-fs-'));
     fs.chmodSync(dir, 0o700);
-    const config: ServerConfig = { address: path.join(dir, 's'), authkey: randomBytes(32), preload: this.preload };
+    const config: ServerConfig = { address: path.join(dir, 's'), authkey: lazyCrypto().randomBytes(32), preload: this.preload };
     const [mine, theirs] = native.socketpair();
     let child: ChildProcess;
     try {
       const argv = ['--single-threaded', ...childExecArgv().filter((a) => a !== '--single-threaded'), serverMainPath];
-      child = spawn(getExecutable(), argv, { stdio: ['ignore', 'inherit', 'inherit', theirs], windowsHide: true });
+      child = lazyChildProcess().spawn(getExecutable(), argv, { stdio: ['ignore', 'inherit', 'inherit', theirs], windowsHide: true });
     } finally {
       native.close(theirs);
     }
@@ -320,10 +319,10 @@ class Server {
   private authenticate(fd: number): boolean {
     try {
       native.setNonblock(fd, false);
-      const challenge = randomBytes(CHALLENGE_BYTES);
+      const challenge = lazyCrypto().randomBytes(CHALLENGE_BYTES);
       native.sendMsg(fd, challenge);
       const answer = native.readExact(fd, 32, 5000);
-      if (!answer || !timingSafeEqual(answer, hmac(this.config.authkey, challenge))) return false;
+      if (!answer || !lazyCrypto().timingSafeEqual(answer, hmac(this.config.authkey, challenge))) return false;
       native.sendMsg(fd, Buffer.from('K'));
       return true;
     } catch {

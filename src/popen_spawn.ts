@@ -1,12 +1,12 @@
 // Starting a child as a fresh node process (Python's popen_spawn_posix.py).
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { native, UV_WRITABLE } from './native';
 import { aliveReadFd, PopenBase } from './popen_fork';
 import type { Process } from './process';
 import { encodeLaunch, prepareLaunch } from './spawn';
-import { closeFds } from './util';
+import { closeFds, lazyChildProcess } from './util';
 
 let executable = process.execPath;
 
@@ -50,7 +50,7 @@ export class PopenSpawn extends PopenBase {
     const [mine, theirs] = native.socketpair();
     let child: ChildProcess;
     try {
-      child = spawn(executable, [...childExecArgv(), spawnMainPath], {
+      child = lazyChildProcess().spawn(executable, [...childExecArgv(), spawnMainPath], {
         stdio: ['inherit', 'inherit', 'inherit', theirs, ...fds],
         windowsHide: true,
       });

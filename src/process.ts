@@ -1,9 +1,8 @@
 // Process objects, the current process and its parent (Python's process.py).
-import { randomBytes } from 'node:crypto';
 import { ProcessError } from './errors';
 import { native } from './native';
 import { callerModuleUrl } from './reduction';
-import { checkTimeout, debug, pollTimeout, registerAfterFork, signals } from './util';
+import { checkTimeout, debug, lazyCrypto, pollTimeout, registerAfterFork, signals } from './util';
 import type { BaseContext } from './context';
 
 export interface ProcessOptions<A extends unknown[] = unknown[]> {
@@ -273,13 +272,12 @@ export class Process<A extends unknown[] = unknown[]> {
 /** The main process as seen from itself (Python's _MainProcess). */
 function makeMainProcess(): Process {
   const self = Object.create(Process.prototype) as Process;
-  (self as { [kState]: ProcessState })[kState] = {
+  const state = {
     target: null,
     args: [],
     name: 'MainProcess',
     daemon: false,
     identity: [],
-    authkey: randomBytes(32),
     parentPid: native.getppid(),
     context: null,
     callerUrl: null,
@@ -287,7 +285,16 @@ function makeMainProcess(): Process {
     closed: false,
     childCounter: 0,
     selfPid: native.getpid(),
-  };
+  } as Omit<ProcessState, 'authkey'> as ProcessState;
+  // Made on first use: a spawned child replaces this process object with its own before
+  // it needs a key, and node:crypto costs ~10 ms to load.
+  let authkey: Buffer | undefined;
+  Object.defineProperty(state, 'authkey', {
+    get: () => (authkey ??= lazyCrypto().randomBytes(32)),
+    set: (key: Buffer) => { authkey = key; },
+    enumerable: true,
+  });
+  (self as { [kState]: ProcessState })[kState] = state;
   return self;
 }
 

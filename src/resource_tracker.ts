@@ -13,12 +13,10 @@
 //     attach to the segment by name, as in Python), then unlinked.
 // The tracker exits once no process has been connected for a moment.
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { spawn } from 'node:child_process';
 import { native } from './native';
-import { debug, registerAfterFork } from './util';
+import { debug, lazyChildProcess, registerAfterFork } from './util';
 
 export type ResourceKind = 'semaphore' | 'shared_memory';
 
@@ -59,7 +57,7 @@ function startTracker(): string {
   const addr = process.platform === 'linux' ? `\0${tag}` : path.join(os.tmpdir(), `${tag}.sock`);
   const listenFd = native.unixListen(addr, 512);
   try {
-    const child = spawn(process.execPath, [trackerScript(), '--node-mp-resource-tracker', encodeAddress(addr)], {
+    const child = lazyChildProcess().spawn(process.execPath, [trackerScript(), '--node-mp-resource-tracker', encodeAddress(addr)], {
       stdio: ['ignore', 'ignore', 'inherit', listenFd],
       detached: true,
       env: { ...process.env, [ENV]: encodeAddress(addr) },
@@ -172,6 +170,8 @@ function runTracker(address: string): void {
   const orphans = new Map<string, ResourceKind>(); // shared memory left by finished processes
   let connections = 0;
   let idleTimer: NodeJS.Timeout | null = null;
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const net = require('node:net') as typeof import('node:net');  // only the tracker itself serves
   const server = net.createServer((sock) => {
     connections++;
     if (idleTimer) clearTimeout(idleTimer);

@@ -1,9 +1,8 @@
 // SharedMemory and ShareableList (Python's multiprocessing.shared_memory):
 // named POSIX shared memory segments, mapped with no copy, seen as a Uint8Array.
-import { randomBytes } from 'node:crypto';
 import { mapFd, type MappedBuffer, shm, unmapNow } from './heap';
 import { kReduce, registerRebuilder, type RebuildContext, type Reduced, type ReduceContext } from './reduction';
-import { closeFds } from './util';
+import { closeFds, lazyCrypto } from './util';
 
 const NAME_PREFIX = 'psm_';
 // Python: _SHM_SAFE_NAME_LENGTH = 14, including the leading '/'.
@@ -11,7 +10,7 @@ const SAFE_NAME_LENGTH = 14;
 
 function makeFilename(): string {
   const nbytes = Math.floor((SAFE_NAME_LENGTH - NAME_PREFIX.length - 1) / 2);
-  return '/' + NAME_PREFIX + randomBytes(nbytes).toString('hex');
+  return '/' + NAME_PREFIX + lazyCrypto().randomBytes(nbytes).toString('hex');
 }
 
 // The resource tracker (src/resource_tracker.ts) cleans the segments of crashed

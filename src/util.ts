@@ -1,6 +1,19 @@
 // Process-wide bookkeeping shared by the modules: after-fork hooks, exit hooks, debug output.
 import { native, UV_READABLE, type FdWatcherHandle } from './native';
 
+// Node modules that take 10-20 ms to load and that many processes never use (a spawned
+// child, a forkserver child): loaded on first use.
+let childProcessModule: typeof import('node:child_process') | undefined;
+let cryptoModule: typeof import('node:crypto') | undefined;
+/* eslint-disable @typescript-eslint/no-require-imports */
+export function lazyChildProcess(): typeof import('node:child_process') {
+  return (childProcessModule ??= require('node:child_process') as typeof import('node:child_process'));
+}
+export function lazyCrypto(): typeof import('node:crypto') {
+  return (cryptoModule ??= require('node:crypto') as typeof import('node:crypto'));
+}
+/* eslint-enable @typescript-eslint/no-require-imports */
+
 type Hook = () => void;
 const afterForkHooks: Hook[] = [];
 
