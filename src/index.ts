@@ -1,4 +1,5 @@
 // node-multiprocessing: Python's multiprocessing for Node.js.
+import { endEagerCompile } from './eager_compile';  // first: see there
 import { BaseContext, callable, defaultContext } from './context';
 import { Process as ProcessClass } from './process';
 import { ShareableList, SharedMemory } from './shared_memory';
@@ -45,3 +46,5 @@ declare module './context' {
   }
 }
 Object.assign(BaseContext.prototype, { Value, Array: SharedArray, RawValue, RawArray, SharedMemory, ShareableList, Pipe: makePipe });
+
+endEagerCompile();
