@@ -1,7 +1,7 @@
 // Process objects, the current process and its parent (Python's process.py).
 import { ProcessError } from './errors';
 import { native } from './native';
-import { callerModuleUrl } from './reduction';
+import { captureCallerUrl, type CallerUrl } from './reduction';
 import { checkTimeout, debug, lazyCrypto, pollTimeout, registerAfterFork, signals } from './util';
 import type { BaseContext } from './context';
 
@@ -40,7 +40,7 @@ export interface ProcessState {
   authkey: Buffer;
   parentPid: number;
   context: BaseContext | null;
-  callerUrl: string | null;
+  callerUrl: CallerUrl | null;
   popen: Popen | null;
   closed: boolean;
   childCounter: number;
@@ -87,7 +87,7 @@ export class Process<A extends unknown[] = unknown[]> {
       authkey: pstate.authkey,
       parentPid: native.getpid(),
       context: context ?? null,
-      callerUrl: callerModuleUrl(),
+      callerUrl: captureCallerUrl(),
       popen: null,
       closed: false,
       childCounter: 0,

@@ -15,7 +15,7 @@ import { BaseContext, callable, defaultContext } from './context';
 import { BrokenBarrierError } from './errors';
 import { native } from './native';
 import {
-  callerModuleUrl, describeFunction, functionFromSource, type FunctionRef, kReduce, type Reduced, type ReduceContext, registerRebuilder,
+  type CallerUrl, captureCallerUrl, describeFunction, functionFromSource, type FunctionRef, kReduce, type Reduced, type ReduceContext, registerRebuilder,
   resolveFunction,
 } from './reduction';
 import * as tracker from './resource_tracker';
@@ -845,7 +845,7 @@ class BarrierImpl {
   /** @internal */ _parties: number;
   /** @internal */ _action: (() => unknown) | null;
   /** @internal */ _actionRef: FunctionRef | null;
-  /** @internal */ _actionCaller: string | null;
+  /** @internal */ _actionCaller: CallerUrl | null;
   /** @internal */ _timeout: number | null;
   /** @internal */ _cond: ConditionImpl;
   /** @internal */ _stateSem: SemaphoreImpl;
@@ -860,7 +860,7 @@ class BarrierImpl {
     this._parties = parties;
     this._action = options.action ?? null;
     this._actionRef = null;
-    this._actionCaller = this._action ? callerModuleUrl() : null;
+    this._actionCaller = this._action ? captureCallerUrl() : null;
     this._timeout = checkTimeout(options.timeout);
     // A plain Lock (Python uses an RLock): ownership is per process here, so a Lock
     // keeps two async waits of one process from both entering the critical section.
