@@ -4,6 +4,7 @@
 // the child's fds with SCM_RIGHTS. The server reports each child's pid, then its exit
 // status, on a per-child socket whose client end is the Process sentinel.
 import type { ChildProcess } from 'node:child_process';
+import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -491,6 +492,30 @@ function warmSpare(): void {
   }
 }
 
+/**
+ * Runs, once in the server, the Node internals a child runs after its assignment (found
+ * with --log-function-events): compiled here, every child inherits their bytecode
+ * instead of compiling them again (the library itself is compiled whole, eager_compile.ts).
+ */
+function warmNodeInternals(): void {
+  const noop = (): void => {};
+  const b = Buffer.alloc(64);
+  b.write('warm-up');
+  void b.toString('utf8', 0, 7);
+  void b.subarray(0, 4).toString();
+  void Buffer.byteLength('warm-up');
+  b.copy(Buffer.alloc(64));
+  void v8.deserialize(v8.serialize({ b, n: [1, 'x'] }));
+  void process.cwd();
+  void process.hrtime.bigint();
+  const emitter = new EventEmitter();
+  emitter.on('warm-up', noop);
+  emitter.removeListener('warm-up', noop);
+  emitter.removeAllListeners('warm-up');
+  process.nextTick(noop);
+  (process as unknown as { _tickCallback(): void })._tickCallback();
+}
+
 /** A spare's life: prepare, wait (blocking: it has nothing else to do) for a request, run it. */
 function runSpare(sock: number): never {
   prepareLaunchedChild(true);
@@ -548,6 +573,7 @@ export async function serverMain(): Promise<void> {
       process.stderr.write(`node-multiprocessing forkserver: cannot preload ${spec}: ${(e as Error).message}\n`);
     }
   }
+  warmNodeInternals();
   const server = new Server(config);
   server.listen();
   native.sendMsg(CONFIG_FD, Buffer.from('ok'));
