@@ -134,6 +134,12 @@ if (methodsUnderTest().includes('forkserver')) {
       await waitUntil(() => !pidAlive(children[0]), 5000, 'its spare to exit');
     });
 
+    it('loads the Node built-ins its client had loaded, so its children share them', async () => {
+      const r = await runScenario('forkserver_builtins.js', []);
+      expect(r.code, r.stderr).to.equal(0);
+      expect(JSON.parse(r.stdout)).to.deep.equal({ zlib: true, wasi: false });
+    });
+
     it('hands each request to a spare forked in advance, and copes with a dead spare', async () => {
       const warm = new ctx.Process({ target: t.sleepFor, args: [1] });
       warm.start();
