@@ -118,6 +118,7 @@ export class Process<A extends unknown[] = unknown[]> {
     cleanupChildren();
     const ctx = st.context ?? defaultContextGetter!();
     st.popen = ctx._popen(this);
+    st.callerUrl = null;  // used by _popen only; its captured stack may hold on to the caller's objects
     children.add(this);
     installExitHook();
     debug(`started ${this.name} pid ${st.popen.pid} (${st.popen.method})`);

@@ -306,9 +306,15 @@ export type CallerUrl = () => string | null;
  * when it is read (~0.3 ms here), and 'fork' never needs it.
  */
 export function captureCallerUrl(): CallerUrl {
-  const site = new Error();
-  let url: string | null | undefined;
-  return () => (url !== undefined ? url : (url = callerUrlFromStack(site.stack ?? '')));
+  let site: Error | null = new Error();
+  let url: string | null = null;
+  return () => {
+    if (site) {
+      url = callerUrlFromStack(site.stack ?? '');
+      site = null;  // its frames may hold on to the caller's objects
+    }
+    return url;
+  };
 }
 
 function callerUrlFromStack(stack: string): string | null {
