@@ -1,6 +1,7 @@
 // Shared helpers for the addon: errno -> JS errors, fd utilities.
 #pragma once
 #include <napi.h>
+#include <uv.h>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -34,6 +35,12 @@ inline auto RetryEintr(F f) -> decltype(f()) {
 int SetCloexec(int fd, bool on);
 int SetNonblock(int fd, bool on);
 #endif
+
+// Closes a libuv handle while its environment ends (a worker thread, the process): with no
+// close callback, since Node may unload this addon before libuv runs one (seen: a worker
+// ended with an async read pending crashed in our callback). The handle's few bytes stay
+// allocated for the process's life.
+inline void CloseHandleAtTeardown(uv_handle_t* handle) { uv_close(handle, nullptr); }
 
 // Each facility registers its functions on the exports object.
 void InitProcess(Napi::Env env, Napi::Object exports);

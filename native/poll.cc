@@ -2,6 +2,7 @@
 #include "common.h"
 #include <uv.h>
 #include <poll.h>
+#include <mutex>
 #include <unordered_set>
 #include <vector>
 
@@ -9,7 +10,9 @@ namespace mp {
 namespace {
 
 class FdWatcher;
-// Every live FdWatcher: a forked child stops those it inherited (StopInheritedWatchers).
+// Every live FdWatcher: a forked child stops those it inherited (StopInheritedWatchers),
+// and an environment that ends (the process, a worker thread) stops its own.
+std::mutex g_watchers_mutex;
 std::unordered_set<FdWatcher*> g_watchers;
 
 // new FdWatcher(fd, callback(status, events)); start(events) / stop() / ref() / unref() / close().
@@ -39,16 +42,31 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
     }
     handle_->data = this;
     env_ = env;
+    std::lock_guard<std::mutex> lock(g_watchers_mutex);
     g_watchers.insert(this);
   }
 
   ~FdWatcher() override {
-    g_watchers.erase(this);
+    {
+      std::lock_guard<std::mutex> lock(g_watchers_mutex);
+      g_watchers.erase(this);
+    }
     CloseHandle();
   }
 
   /** In a forked child: the parent's waits must never resume there (their callbacks run the parent's code). */
   void StopInherited() { StopHandle(); }
+
+  napi_env env() const { return env_; }
+
+  /** The environment is ending: no callback may run any more, nor may a close callback. */
+  void CloseForCleanup() {
+    StopHandle();
+    if (!handle_) return;
+    handle_->data = nullptr;
+    CloseHandleAtTeardown(reinterpret_cast<uv_handle_t*>(handle_));
+    handle_ = nullptr;
+  }
 
  private:
   Napi::Value Start(const Napi::CallbackInfo& info) {
@@ -100,15 +118,34 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
     handle_ = nullptr;
   }
 
+  // With the C API: a C++ exception must not leave a libuv callback. MakeCallback runs
+  // nextTicks and microtasks afterwards, like any Node callback; an error the callback
+  // throws becomes an uncaught exception, as from Node's own callbacks. When JS cannot run
+  // any more (an environment being torn down polls its loop once more), stop watching.
   static void OnEvent(uv_poll_t* handle, int status, int events) {
     auto* self = static_cast<FdWatcher*>(handle->data);
     if (!self) return;
-    Napi::Env env = self->env_;
-    Napi::HandleScope scope(env);
-    Napi::Value st = Napi::Number::New(env, status);
-    Napi::Value ev = Napi::Number::New(env, events);
-    // MakeCallback runs nextTicks and microtasks afterwards, like any Node callback.
-    self->callback_.MakeCallback(self->Value(), {st, ev});
+    napi_env env = self->env_;
+    napi_handle_scope scope;
+    if (napi_open_handle_scope(env, &scope) != napi_ok) {
+      self->StopHandle();
+      return;
+    }
+    napi_value recv = nullptr, fn = nullptr, result = nullptr, argv[2];
+    bool ready = napi_get_reference_value(env, static_cast<napi_ref>(*self), &recv) == napi_ok && recv != nullptr &&
+                 napi_get_reference_value(env, static_cast<napi_ref>(self->callback_), &fn) == napi_ok && fn != nullptr &&
+                 napi_create_int32(env, status, &argv[0]) == napi_ok && napi_create_int32(env, events, &argv[1]) == napi_ok;
+    if (!ready || napi_make_callback(env, nullptr, recv, fn, 2, argv, &result) != napi_ok) {
+      bool pending = false;
+      napi_value error = nullptr;
+      if (napi_is_exception_pending(env, &pending) == napi_ok && pending &&
+          napi_get_and_clear_last_exception(env, &error) == napi_ok) {
+        napi_fatal_exception(env, error);
+      } else {
+        self->StopHandle();
+      }
+    }
+    napi_close_handle_scope(env, scope);
   }
 
   int fd_ = -1;
@@ -149,10 +186,25 @@ Napi::Value PollFds(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void StopInheritedWatchers() {
+  // The child has one thread: a lock held by another thread at the fork stays held here.
+  std::unique_lock<std::mutex> lock(g_watchers_mutex, std::try_to_lock);
   for (FdWatcher* w : g_watchers) w->StopInherited();
 }
 
+namespace {
+void StopWatchersOfEnv(void* arg) {
+  napi_env env = static_cast<napi_env>(arg);
+  std::vector<FdWatcher*> mine;
+  {
+    std::lock_guard<std::mutex> lock(g_watchers_mutex);
+    for (FdWatcher* w : g_watchers) if (w->env() == env) mine.push_back(w);
+  }
+  for (FdWatcher* w : mine) w->CloseForCleanup();
+}
+}  // namespace
+
 void InitPoll(Napi::Env env, Napi::Object exports) {
+  napi_add_env_cleanup_hook(env, StopWatchersOfEnv, static_cast<napi_env>(env));
   exports.Set("FdWatcher", FdWatcher::Define(env));
   exports.Set("pollFds", Napi::Function::New(env, PollFds, "pollFds"));
 }

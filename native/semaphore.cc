@@ -256,7 +256,7 @@ void TeardownInstance(void* arg) {
   i->granted.clear();
   pthread_mutex_unlock(&g_mu);
   i->callback.Reset();
-  if (i->async) uv_close(reinterpret_cast<uv_handle_t*>(i->async), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+  if (i->async) CloseHandleAtTeardown(reinterpret_cast<uv_handle_t*>(i->async));
   i->async = nullptr;
 }
 

@@ -56,6 +56,27 @@ function writeRaw(c: Connection, b: Buffer): void {
 describe('connection: in one process', function () {
   this.timeout(20_000);
 
+  it('a worker thread that ends with an async read or wait pending leaves the process intact', () => {
+    // The addon is unloaded with the worker: a libuv close callback of ours running after
+    // that crashed the process (SIGSEGV with the first case).
+    const lib = JSON.stringify(path.join(__dirname, '..', 'src', 'index.js'));
+    const cases = [
+      'const [a] = mp.Pipe(); a.recv(); ready();',
+      'new mp.Semaphore(0).acquire(); ready();',
+      'const [c, d] = mp.Pipe(); d.send(1); c.recv().then(ready);',  // its watcher idles
+    ];
+    for (const body of cases) {
+      const script = `
+        const { Worker } = require('node:worker_threads');
+        const w = new Worker(${JSON.stringify(`const mp = require(${lib});
+          const ready = () => require('node:worker_threads').parentPort.postMessage('ready');
+          ${body}`)}, { eval: true });
+        w.on('message', async () => { await w.terminate(); process.stdout.write('main alive'); });`;
+      const out = execFileSync(process.execPath, ['-e', script], { timeout: 10_000, encoding: 'utf8' });
+      expect(out, body).to.equal('main alive');
+    }
+  });
+
   it('duplex Pipe carries values both ways, sync and async', async () => {
     const [a, b] = Pipe();
     const value = { n: 1, s: 'x', m: new Map([[1, 'one']]), set: new Set([2]), d: new Date(5), big: 10n ** 20n, buf: Buffer.from('hi'), arr: new Float64Array([1.5]) };

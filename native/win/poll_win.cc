@@ -685,8 +685,9 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
   }
 
   // Ends the thread and closes the async handle. Uses no JS (runs from the destructor
-  // and the env cleanup hook).
-  void Shutdown() {
+  // and the env cleanup hook). At teardown the handle closes without a callback
+  // (CloseHandleAtTeardown: the addon may be unloaded before libuv would run it).
+  void Shutdown(bool at_teardown = false) {
     if (!shared_) return;
     std::shared_ptr<WatchShared> s = std::move(shared_);
     {
@@ -703,6 +704,10 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
       if (s->handle != nullptr) ::CloseHandle(s->handle);
       s->handle = nullptr;
     }
+    if (at_teardown) {
+      CloseHandleAtTeardown(reinterpret_cast<uv_handle_t*>(&s->async));  // the holder stays: the handle lives in it
+      return;
+    }
     uv_close(reinterpret_cast<uv_handle_t*>(&s->async), [](uv_handle_t* h) {
       delete static_cast<std::shared_ptr<WatchShared>*>(h->data);
     });
@@ -711,7 +716,7 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
   static void CleanupHook(void* arg) {
     auto* self = static_cast<FdWatcher*>(arg);
     self->hook_ = false;
-    self->Shutdown();
+    self->Shutdown(true);
   }
 
   // On the JS thread, once the waiter thread posted a report.
