@@ -56,6 +56,23 @@ function writeRaw(c: Connection, b: Buffer): void {
 describe('connection: in one process', function () {
   this.timeout(20_000);
 
+  it('keeps the process alive while an async read waits, and not after', () => {
+    const lib = JSON.stringify(path.join(__dirname, '..', 'src', 'index.js'));
+    const script = `
+      const mp = require(${lib});
+      (async () => {
+        const [a, b] = mp.Pipe();
+        b.send(1);
+        await a.recv();                        // its watcher now idles
+        const pending = a.recv().then((v) => process.stdout.write('got ' + v));
+        setImmediate(() => b.send(2));         // then only the waiting read keeps the loop alive
+        await pending;
+        b.send(3);                             // arrives with no read waiting: must not hold the process
+      })();`;
+    const out = execFileSync(process.execPath, ['-e', script], { timeout: 10_000, encoding: 'utf8' });
+    expect(out).to.equal('got 2');
+  });
+
   it('a worker thread that ends with an async read or wait pending leaves the process intact', () => {
     // The addon is unloaded with the worker: a libuv close callback of ours running after
     // that crashed the process (SIGSEGV with the first case).
