@@ -20,9 +20,31 @@ export function getExecutable(): string {
   return executable;
 }
 
-/** execArgv for a helper node: the parent's, minus flags that cannot be shared (a debugger port). */
+// Options that say what the parent runs rather than how Node runs: given to a child (or to
+// the forkserver), `-e code` would run the parent's code again instead of our entry, and
+// that code starts children of its own, and so on (seen: a fork bomb from `node -e`).
+// The same for printing, checking, testing, watching, a REPL; a debugger port cannot be
+// shared. Each listed option that takes a value takes it as `--opt=value` or as the next
+// argument.
+const PARENT_ONLY_WITH_VALUE = new Set([
+  '-e', '--eval', '-p', '--print', '-pe', '-ep', '--input-type', '--run', '--inspect-port', '--debug-port',
+  '--watch-path', '--test-name-pattern', '--test-skip-pattern', '--test-reporter', '--test-reporter-destination',
+  '--test-concurrency', '--test-timeout', '--test-shard',
+]);
+const PARENT_ONLY = /^(-i|--interactive|-c|--check|--test|--test-[\w-]+|--watch|--watch-[\w-]+|--inspect(-brk|-wait)?|--debug-port)(=.*)?$|^(--eval|--print|--input-type|--run|--inspect-port)=/;
+
+/** execArgv for a helper node: the parent's, minus the options above. */
 export function childExecArgv(): string[] {
-  return process.execArgv.filter((a) => !/^--inspect(-brk|-port|-wait)?(=|$)/.test(a));
+  const argv = process.execArgv;
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    if (PARENT_ONLY_WITH_VALUE.has(argv[i])) {
+      i++;  // and its value
+    } else if (!PARENT_ONLY.test(argv[i])) {
+      out.push(argv[i]);
+    }
+  }
+  return out;
 }
 
 export const spawnMainPath = path.join(__dirname, 'spawn_main.js');

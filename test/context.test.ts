@@ -1,4 +1,5 @@
 import { expect } from 'chai';
+import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as mp from '../src/index';
@@ -81,6 +82,24 @@ for (const method of methodsUnderTest()) {
       const r = await runScenario('esm_main.mjs', [method], { singleThreaded: method === 'fork' });
       expect(r.stderr).to.equal('');
       expect(r.stdout.trim()).to.equal('exit 0 result 42 sq 49');
+    });
+
+    it('starts children from `node -e` code, which no child runs again', async () => {
+      // Were -e passed on, each child (and the forkserver) would run this code again and start
+      // children of its own; the guard makes such a run end at once instead of multiplying.
+      const lib = JSON.stringify(path.join(__dirname, '..', 'src', 'index.js'));
+      const code = `
+        if (process.env.MP_EVAL_RAN) { process.stdout.write('ran again in ' + process.pid); process.exit(3); }
+        process.env.MP_EVAL_RAN = '1';
+        const mp = require(${lib});
+        const p = new (mp.getContext(${JSON.stringify(method)}).Process)({ target: () => {} });
+        p.start();
+        p.join(20000).then(() => process.stdout.write('exit ' + p.exitCode));`;
+      const args = [...(method === 'fork' ? ['--single-threaded'] : []), '--input-type=commonjs', '-e', code];
+      const out = await new Promise<string>((resolve, reject) => {
+        execFile(process.execPath, args, { timeout: 20_000 }, (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolve(stdout)));
+      });
+      expect(out).to.equal('exit 0');
     });
 
     it("passes on the parent's execArgv", async () => {
