@@ -23,6 +23,8 @@ export interface LaunchData {
   method: StartMethod;
   env: Record<string, string | undefined>;
   cwd: string;
+  /** The parent's process.argv: the child sees its arguments (as Python's spawn sets sys.argv). */
+  argv: string[];
   /** Index in the fds that arrived of the parent's lifeline (EOF when the parent dies). */
   aliveFd: number;
   /** The forkserver this process tree uses, so children reuse it. */
@@ -53,6 +55,7 @@ export function prepareLaunch(proc: Process, method: StartMethod, fds: number[],
     method,
     env: { ...process.env },
     cwd: process.cwd(),
+    argv: [...process.argv],
     aliveFd,
     forkserver,
   };
@@ -96,6 +99,10 @@ function applyEnvironment(launch: LaunchData): void {
   for (const k of Object.keys(current)) if (!(k in launch.env)) delete process.env[k];
   for (const [k, v] of Object.entries(launch.env)) if (v !== undefined && current[k] !== v) process.env[k] = v;
   if (process.cwd() !== launch.cwd) process.chdir(launch.cwd);
+  // The parent's arguments; argv[1] stays this child's entry, so that the ES module main
+  // guard `import.meta.url === pathToFileURL(process.argv[1]).href` stays false here when
+  // the child imports the parent's main module to find its target.
+  process.argv = [process.argv[0], process.argv[1], ...launch.argv.slice(2)];
 }
 
 function describeError(e: unknown): string {

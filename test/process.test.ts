@@ -26,6 +26,8 @@ for (const method of methodsUnderTest()) {
       expect(info.name).to.equal(p.name);
       expect(info.env).to.equal(`value-${method}`);
       expect(info.cwd).to.equal(process.cwd());
+      // The parent's arguments, as Python's spawn sets sys.argv (argv[1]: see spawn.ts).
+      expect(info.argv.slice(2)).to.deep.equal(process.argv.slice(2));
       expect(info.authkey).to.equal(mp.currentProcess().authkey.toString('hex'));
       expect(info.extra).to.deep.equal({ n: 1, big: `${2n ** 70n}n`, m: [[1, 'a']] });
       if (method !== 'forkserver') expect(info.ppid).to.equal(process.pid);
