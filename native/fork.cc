@@ -113,6 +113,15 @@ void DisarmHandle(uv_handle_t* handle, void*) {
 Napi::Value Fork(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int park_timeout = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int32Value() : 5000;
+  // The forkserver ignores SIGINT (see SetSigintIgnored); its children must not. SIGINT
+  // stays blocked across the fork, so one sent to the child before it resets the
+  // disposition waits (Linux keeps a blocked signal pending though it is ignored)
+  // instead of being dropped: interrupt() right after start() still ends the child.
+  bool default_sigint = ArgBool(info, 1, false);
+  sigset_t sigint_set, old_mask;
+  sigemptyset(&sigint_set);
+  sigaddset(&sigint_set, SIGINT);
+  if (default_sigint) pthread_sigmask(SIG_BLOCK, &sigint_set, &old_mask);
   uv_loop_t* loop = nullptr;
   if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr)
     throw Napi::Error::New(env, "fork: cannot get the event loop");
@@ -122,6 +131,10 @@ Napi::Value Fork(const Napi::CallbackInfo& info) {
     if (r < 0) ThrowErrno(env, -r, "fork (parking V8 platform threads)");
   }
   pid_t pid = fork();
+  if (default_sigint) {
+    if (pid == 0) signal(SIGINT, SIG_DFL);
+    pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+  }
   if (pid == 0) {
     if (park_after_fork_child) park_after_fork_child();
     uv_walk(loop, DisarmHandle, nullptr);
@@ -157,6 +170,19 @@ Napi::Value SetParkLibrary(const Napi::CallbackInfo& info) {
   unpark_threads = u;
   park_after_fork_child = c;
   return Napi::Boolean::New(env, true);
+}
+
+// setSigintIgnored(ignored): the forkserver outlives Ctrl-C, which reaches its whole process
+// group (as Python's forkserver ignores SIGINT): its client decides, and the children's
+// exit statuses are still reported (a killed server left them unknown: 255).
+Napi::Value SetSigintIgnored(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = ArgBool(info, 0, true) ? SIG_IGN : SIG_DFL;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGINT, &sa, nullptr) != 0) ThrowErrno(env, errno, "sigaction");
+  return env.Undefined();
 }
 
 Napi::Value ExitNow(const Napi::CallbackInfo& info) {
@@ -328,6 +354,7 @@ Napi::Value SetPdeathsig(const Napi::CallbackInfo& info) {
 
 void InitProcess(Napi::Env env, Napi::Object exports) {
   exports.Set("fork", Napi::Function::New(env, Fork, "fork"));
+  exports.Set("setSigintIgnored", Napi::Function::New(env, SetSigintIgnored, "setSigintIgnored"));
   exports.Set("setParkLibrary", Napi::Function::New(env, SetParkLibrary, "setParkLibrary"));
   exports.Set("exitNow", Napi::Function::New(env, ExitNow, "exitNow"));
   exports.Set("waitpid", Napi::Function::New(env, WaitPid, "waitpid"));

@@ -272,7 +272,7 @@ class Server {
     const [mine, theirs] = native.socketpair();
     let pid: number;
     try {
-      pid = native.fork();
+      pid = native.fork(undefined, true);
     } catch (e) {
       closeFds([mine, theirs]);
       debug(`forkserver: cannot fork a spare (${(e as Error).message}); forking per request`);
@@ -396,7 +396,7 @@ class Server {
     }
     let pid: number;
     try {
-      pid = native.fork();
+      pid = native.fork(undefined, true);
     } catch (e) {
       const reply = Buffer.alloc(4);
       reply.writeInt32BE(-(Math.abs(Number((e as NodeJS.ErrnoException).errno) || 1)));
@@ -604,6 +604,10 @@ export async function serverMain(): Promise<void> {
       process.stderr.write(`node-multiprocessing forkserver: cannot preload ${spec}: ${(e as Error).message}\n`);
     }
   }
+  // Ctrl-C in a terminal reaches the whole process group: the server outlives it, as
+  // Python's does, so its children's statuses are still reported (-2, not unknown) and its
+  // client decides what happens next. Its children get SIGINT's default back at fork.
+  native.setSigintIgnored?.(true);
   warmNodeInternals();
   const server = new Server(config);
   server.listen();

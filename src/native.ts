@@ -22,7 +22,10 @@ export interface PipeListenerHandle {
 
 export interface NativeBinding {
   // processes (native/fork.cc)
-  fork(parkTimeoutMs?: number): number;
+  /** defaultSigint: the child's SIGINT disposition is reset to the default at once. */
+  fork(parkTimeoutMs?: number, defaultSigint?: boolean): number;
+  /** POSIX only: SIGINT ignored (the forkserver) or back to its default. */
+  setSigintIgnored?(ignored: boolean): void;
   setParkLibrary(path: string): boolean;
   exitNow(code: number): never;
   waitpid(pid: number, block?: boolean): number | null;

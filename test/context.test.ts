@@ -143,6 +143,36 @@ if (methodsUnderTest().includes('forkserver')) {
       expect(forkServer.serverPid).to.not.equal(old);
     });
 
+    it('outlives SIGINT (Ctrl-C reaches the whole process group), as Python\'s does', async () => {
+      const warm = new ctx.Process({ target: t.sleepFor, args: [1] });
+      warm.start();
+      await within(warm.join(), 15_000, 'join');
+      const server = forkServer.serverPid!;
+      const p = new ctx.Process({ target: t.sleepFor, args: [20_000] });
+      p.start();
+      await waitUntil(() => p.pid !== null, 5000, 'the child to start');
+      process.kill(server, 'SIGINT');
+      p.interrupt();  // children still end on SIGINT
+      await within(p.join(), 15_000, 'join');
+      expect(p.exitCode).to.equal(-2);  // reported by the server, which lives on
+      expect(pidAlive(server)).to.equal(true);
+      const q = new ctx.Process({ target: t.exitWith, args: [4] });
+      q.start();
+      await within(q.join(), 15_000, 'join');
+      expect(q.exitCode).to.equal(4);
+      expect(forkServer.serverPid).to.equal(server);
+    });
+
+    it('interrupt() right after start() ends the child: no SIGINT is lost at its fork', async () => {
+      for (let round = 0; round < 4; round++) {
+        const procs = [0, 1, 2, 3, 4].map(() => new ctx.Process({ target: t.sleepFor, args: [20_000] }));
+        for (const p of procs) p.start();
+        for (const p of procs) p.interrupt();
+        await within(Promise.all(procs.map((p) => p.join())), 10_000, `round ${round}`);
+        expect(procs.map((p) => p.exitCode)).to.deep.equal([-2, -2, -2, -2, -2]);
+      }
+    });
+
     it('exits when its last client is gone, and its spare with it', async () => {
       const r = await runScenario('forkserver_client.js', []);
       expect(r.code, r.stderr).to.equal(0);
