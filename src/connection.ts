@@ -183,7 +183,7 @@ export class Connection<T = unknown> {
   private readers: Reader[] = [];
   private watcher: FdWatcherHandle | null = null;
   private watcherOn = false;
-  /** The started watcher keeps the loop alive (only while async reads wait). */
+  /** The watcher's handle is ref'd (keeps the loop alive when started); stop() leaves this as it is. */
   private watcherRefd = false;
   /** close() was asked for in this pid but waits one turn of the loop (see close()). */
   private closePid: number | null = null;
@@ -480,13 +480,14 @@ export class Connection<T = unknown> {
       if (!this.watcher) {
         this.res.watchFd = native.dup(this.res.fd);
         this.watcher = new native.FdWatcher(this.res.watchFd, () => this.onReadable());
+        this.watcherRefd = true;  // as every new libuv handle
         watching.add(new WeakRef(this));
       }
       if (!this.watcherOn) {
         this.watcher.start(UV_READABLE | UV_DISCONNECT);
         this.watcherOn = true;
-        this.watcherRefd = true;
-      } else if (!this.watcherRefd) {
+      }
+      if (!this.watcherRefd) {
         this.watcher.ref();
         this.watcherRefd = true;
       }
@@ -503,7 +504,6 @@ export class Connection<T = unknown> {
   private stopWatcher(): void {
     this.watcher?.stop();
     this.watcherOn = false;
-    this.watcherRefd = false;
   }
 
   /** The watcher fired: serve waiting reads; with none waiting, stop (the fd stays readable). */

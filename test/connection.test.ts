@@ -73,6 +73,28 @@ describe('connection: in one process', function () {
     expect(out).to.equal('got 2');
   });
 
+  it('an async read after unread data stopped the watcher keeps the process alive too', () => {
+    // The bytes come from another process, late: only the waiting read can keep the loop alive.
+    const lib = JSON.stringify(path.join(__dirname, '..', 'src', 'index.js'));
+    const script = `
+      const mp = require(${lib});
+      const { spawn } = require('node:child_process');
+      (async () => {
+        const [r, w] = mp.Pipe(false);
+        const msg = (s) => "printf '\\\\000\\\\000\\\\000\\\\00" + s.length + s + "' >&3";
+        const writer = spawn('sh', ['-c', ['sleep 0.15', msg('a'), 'sleep 0.2', msg('b'), 'sleep 0.4', msg('c')].join('; ')],
+          { stdio: ['ignore', 'ignore', 'inherit', w.fileno()] });
+        writer.unref();
+        w.close();
+        await r.recvBytes();                   // 'a', awaited: the watcher now idles, unref'd
+        await new Promise((res) => setTimeout(res, 400));  // 'b' arrives unread: the watcher stops
+        r.recvBytesSync();
+        r.recvBytes().then((v) => process.stdout.write('got ' + v));  // 'c', ~0.2 s later
+      })();`;
+    const out = execFileSync(process.execPath, ['-e', script], { timeout: 10_000, encoding: 'utf8' });
+    expect(out).to.equal('got c');
+  });
+
   it('a worker thread that ends with an async read or wait pending leaves the process intact', () => {
     // The addon is unloaded with the worker: a libuv close callback of ours running after
     // that crashed the process (SIGSEGV with the first case).
