@@ -512,12 +512,17 @@ export class Connection<T = unknown> {
     else this.drain();
   }
 
-  /** In a forked child: the parent's pending reads and loop watcher are not ours. */
-  _afterFork(): void {
+  /** Closes the loop watcher (not its fd). */
+  private dropWatcher(): void {
     if (this.watcher) this.watcher.close();
     this.watcher = null;
     this.watcherOn = false;
     this.watcherRefd = false;
+  }
+
+  /** In a forked child: the parent's pending reads and loop watcher are not ours. */
+  _afterFork(): void {
+    this.dropWatcher();
     if (this.res.watchFd >= 0) closeFds([this.res.watchFd]);
     this.res.watchFd = -1;
     this.readers = [];
@@ -664,10 +669,7 @@ export class Connection<T = unknown> {
     if (this._closed) return;
     this._closed = true;
     finalizer.unregister(this);
-    if (this.watcher) this.watcher.close();
-    this.watcher = null;
-    this.watcherOn = false;
-    this.watcherRefd = false;
+    this.dropWatcher();
     const fds = [this.res.fd, this.res.watchFd, ...this.fdq.splice(0)].filter((fd) => fd >= 0);
     this.res.watchFd = -1;
     closeFds(fds);
