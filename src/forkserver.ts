@@ -498,14 +498,12 @@ function takeStdio(stdio: number[]): void {
 }
 
 /**
- * Runs, in a spare, the pure parts of a launch on samples (decoding, both argument
- * encodings): the spare is the future child, so the lazy compilation and copy-on-write
- * faults they cost happen while it waits. (Not a function sent by source: that loads
- * acorn, ~20 ms, which only such targets should pay.)
+ * Runs, in a spare, the pure parts of a launch on samples (both argument encodings, which
+ * go through the V8 serializer or JSON): the spare is the future child, so the
+ * copy-on-write faults and first-run costs they have happen while it waits.
  */
 function warmSpare(): void {
   try {
-    v8.deserialize(v8.serialize({ sample: [1, 'x', Buffer.alloc(1)] }));
     for (const args of [[1, 'x', { a: [true, null] }], [new Map([[1, 2]]), 2n]]) {
       loads(dumps({ args, props: {} }, 'forkserver', []), 'forkserver', []);
     }
@@ -589,7 +587,7 @@ export async function serverMain(): Promise<void> {
     process.stderr.write(`node-multiprocessing forkserver: ${why}\n`);
     process.exit(1);
   }
-  for (const name of config.builtins ?? []) {
+  for (const name of config.builtins) {
     try {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       require(`node:${name}`);
