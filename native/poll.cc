@@ -62,10 +62,7 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
   /** The environment is ending: no callback may run any more, nor may a close callback. */
   void CloseForCleanup() {
     StopHandle();
-    if (!handle_) return;
-    handle_->data = nullptr;
-    CloseHandleAtTeardown(reinterpret_cast<uv_handle_t*>(handle_));
-    handle_ = nullptr;
+    CloseHandle(true);
   }
 
  private:
@@ -111,10 +108,12 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
     }
   }
 
-  void CloseHandle() {
+  void CloseHandle(bool at_teardown = false) {
     if (!handle_) return;
     handle_->data = nullptr;
-    uv_close(reinterpret_cast<uv_handle_t*>(handle_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+    auto* h = reinterpret_cast<uv_handle_t*>(handle_);
+    if (at_teardown) CloseHandleAtTeardown(h);
+    else uv_close(h, [](uv_handle_t* closed) { delete reinterpret_cast<uv_poll_t*>(closed); });
     handle_ = nullptr;
   }
 
@@ -204,7 +203,8 @@ void StopWatchersOfEnv(void* arg) {
 }  // namespace
 
 void InitPoll(Napi::Env env, Napi::Object exports) {
-  napi_add_env_cleanup_hook(env, StopWatchersOfEnv, static_cast<napi_env>(env));
+  if (napi_add_env_cleanup_hook(env, StopWatchersOfEnv, static_cast<napi_env>(env)) != napi_ok)
+    throw Napi::Error::New(env, "napi_add_env_cleanup_hook failed");
   exports.Set("FdWatcher", FdWatcher::Define(env));
   exports.Set("pollFds", Napi::Function::New(env, PollFds, "pollFds"));
 }
