@@ -47,10 +47,12 @@ def main():
         data = b'x' * size
         reps = max(3, min(2000, (256 << 20) // size // 2))
         a.send_bytes(data); a.recv_bytes()
-        t0 = time.perf_counter_ns()
-        for _ in range(reps):
-            a.send_bytes(data); a.recv_bytes()
-        dt = (time.perf_counter_ns() - t0) / 1e9
+        dt = float('inf')
+        for _ in range(3):  # best of 3 rounds, as the Node side
+            t0 = time.perf_counter_ns()
+            for _ in range(reps):
+                a.send_bytes(data); a.recv_bytes()
+            dt = min(dt, (time.perf_counter_ns() - t0) / 1e9)
         res[str(size)] = 2 * size * reps / dt / 1e6
     a.send_bytes(b'')
     p.join()

@@ -329,8 +329,9 @@ export class Connection<T = unknown> {
    * The next whole message, or null if it has not fully arrived (timeoutMs 0: do
    * not wait; -1: wait for ever). The returned view may point into the internal
    * buffer: use it before the next read. Throws EOFError at a clean end of stream.
+   * `into` (a recvBytesInto target): a large body that fits is read straight into it.
    */
-  private nextMessage(timeoutMs: number, maxLength: number | null): Buffer | null {
+  private nextMessage(timeoutMs: number, maxLength: number | null, into: Buffer | null = null): Buffer | null {
     if (this.broken) throw this.broken;
     for (;;) {
       if (this.body) {
@@ -365,10 +366,12 @@ export class Connection<T = unknown> {
           return this.rb.subarray(start, start + h.size);
         }
         if (h.size >= DIRECT_BODY) {
-          // A large message: read it into a buffer of its own.
+          // A large message: read it into a buffer of its own (or the reader's target).
           this.lastLarge = true;
           const have = avail - h.hdr;
-          this.body = Buffer.allocUnsafe(Math.min(h.size, Math.max(FIRST_BODY_ALLOC, have)));
+          this.body = into !== null && h.size <= into.length
+            ? into.subarray(0, h.size)
+            : Buffer.allocUnsafe(Math.min(h.size, Math.max(FIRST_BODY_ALLOC, have)));
           this.rb.copy(this.body, 0, this.rs + h.hdr, this.re);
           this.bodyLen = h.size;
           this.bodyGot = have;
@@ -439,7 +442,7 @@ export class Connection<T = unknown> {
     if (kind === 'bytes') return owned ? view : Buffer.from(view);
     // 'into': Python's recv_bytes_into (into is already the slice from the offset on)
     if (view.length > into!.length) throw new BufferTooShort(owned ? view : Buffer.from(view));
-    view.copy(into!, 0);
+    if (view.buffer !== into!.buffer || view.byteOffset !== into!.byteOffset) view.copy(into!, 0);
     return view.length;
   }
 
@@ -452,7 +455,7 @@ export class Connection<T = unknown> {
     while (this.readers.length > 0 && !this._closed) {
       let view: Buffer | null;
       try {
-        view = this.nextMessage(0, this.readers[0].maxLength);
+        view = this.nextMessage(0, this.readers[0].maxLength, this.readers[0].into);
       } catch (e) {
         this.failReaders(e);
         break;
@@ -541,7 +544,7 @@ export class Connection<T = unknown> {
     while (this.readers.length > 0) {
       let view: Buffer;
       try {
-        view = this.nextMessage(-1, this.readers[0].maxLength)!;
+        view = this.nextMessage(-1, this.readers[0].maxLength, this.readers[0].into)!;
       } catch (e) {
         this.failReaders(e);
         this.updateWatcher();
@@ -550,7 +553,7 @@ export class Connection<T = unknown> {
       this.deliver(this.readers.shift()!, view, this.isOwned(view));
     }
     this.updateWatcher();
-    const view = this.nextMessage(-1, maxLength)!;
+    const view = this.nextMessage(-1, maxLength, into)!;
     return this.consume(kind, view, this.isOwned(view), into);
   }
 

@@ -652,6 +652,35 @@ for (const method of methodsUnderTest()) {
       mine.close();
     });
 
+    it('recvBytesInto (sync and async) with large messages: into the target at an offset, or BufferTooShort', async () => {
+      const [mine, theirs] = Pipe();
+      const p = await run(targets.echoBytes, [theirs]);
+      theirs.close();
+      const target = Buffer.alloc(5 * 1024 * 1024 + 7, 0xee);
+      for (const size of [32 * 1024 - 1, 32 * 1024, 64 * 1024, 3 * 1024 * 1024 + 5]) {
+        for (const useAsync of [false, true]) {
+          const msg = crypto.randomBytes(size);
+          target.fill(0xee);
+          mine.sendBytes(msg);
+          const n = useAsync ? await within(mine.recvBytesInto(target, 7), 10_000, 'recvBytesInto')
+            : mine.recvBytesIntoSync(target, 7);
+          expect(n, `${size} bytes, async ${useAsync}`).to.equal(size);
+          expect(target.subarray(7, 7 + size).equals(msg)).to.equal(true);
+          expect(target[6]).to.equal(0xee);
+          expect(target[7 + size]).to.equal(0xee);
+        }
+      }
+      const big = crypto.randomBytes(1024 * 1024);
+      mine.sendBytes(big);
+      expect(() => mine.recvBytesIntoSync(target.subarray(0, 1000))).to.throw(mp.BufferTooShort)
+        .with.property('data').that.satisfies((d: Buffer) => d.equals(big));
+      mine.sendBytes(big.subarray(0, 40_000));
+      expect(mine.recvBytesSync().equals(big.subarray(0, 40_000))).to.equal(true);
+      mine.sendBytes(Buffer.alloc(0));
+      await within(p.join(), 10_000, 'join');
+      mine.close();
+    });
+
     it('simplex Pipe: the child writes, the parent reads until EOF', async () => {
       const [r, w] = Pipe({ duplex: false });
       const p = await run(targets.sendAll, [w, ['a', 'b', { c: 3 }]]);
