@@ -309,16 +309,21 @@ Napi::Value IsSocket(const Napi::CallbackInfo& info) {
 // microseconds (more on a VM); a peer that answers within a few microseconds is
 // seen sooner by polling for a moment first. Per fd: after kMaxMisses spins in a
 // row that found nothing (a slow peer) the fd sleeps at once, retrying a spin every
-// kProbeEvery reads, so a slow or idle peer costs almost no CPU. Never on one CPU;
-// MP_NOSPIN in the environment turns it off.
+// kProbeEvery reads, so a slow or idle peer costs almost no CPU. The spin lasts twice
+// the fd's recent wait (a moving average), within [kMinSpinNs, kMaxSpinNs]: a peer that
+// answers a 64 KiB message needs ~100 us here, more than a fixed 50 us spin gave it, and
+// every miss then cost two sleeps and wake-ups. Never on one CPU; MP_NOSPIN in the
+// environment turns it off.
 
-constexpr int64_t kSpinNs = 50 * 1000;
+constexpr int64_t kMinSpinNs = 50 * 1000;
+constexpr int64_t kMaxSpinNs = 250 * 1000;
 constexpr uint8_t kMaxMisses = 3;
 constexpr uint8_t kProbeEvery = 32;
 constexpr int kSpinFds = 4096;
 struct SpinState {
   uint8_t misses;
   uint8_t skipped;
+  uint32_t avg_wait_ns;  // moving average (1/8 weight) of waits for data, capped at kMaxSpinNs
 };
 SpinState g_spin[kSpinFds];
 
@@ -338,10 +343,19 @@ bool SpinAllowed(int fd) {
   return true;
 }
 
-// Polls fd (without sleeping) for up to kSpinNs; records the outcome.
+// A read on fd waited `ns` for its data (spinning or asleep).
+void RecordWait(int fd, int64_t ns) {
+  if (fd < 0 || fd >= kSpinFds) return;
+  SpinState& st = g_spin[fd];
+  const int64_t sample = std::min(ns, kMaxSpinNs);
+  st.avg_wait_ns = static_cast<uint32_t>(st.avg_wait_ns + (sample - static_cast<int64_t>(st.avg_wait_ns)) / 8);
+}
+
+// Polls fd (without sleeping) for up to twice its recent wait; records the outcome.
 bool SpinUntilReadable(int fd) {
   struct pollfd p = {fd, POLLIN, 0};
-  const int64_t deadline = MonotonicNs() + kSpinNs;
+  const int64_t budget = std::clamp(2 * static_cast<int64_t>(g_spin[fd].avg_wait_ns), kMinSpinNs, kMaxSpinNs);
+  const int64_t deadline = MonotonicNs() + budget;
   bool ready = false;
   do {
     if (poll(&p, 1, 0) != 0) {  // ready, or an error the read will report
@@ -375,6 +389,7 @@ Napi::Value ConnRecv(const Napi::CallbackInfo& info) {
     throw Napi::RangeError::New(env, "offset/length out of range");
   alignas(struct cmsghdr) static thread_local char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)];
   bool sleep_in_recv = false;  // after a spin found nothing: let recvmsg itself sleep
+  int64_t wait_start = 0;      // when this read began to wait for data
   for (;;) {
     ssize_t n;
     struct msghdr msg;
@@ -399,6 +414,7 @@ Napi::Value ConnRecv(const Napi::CallbackInfo& info) {
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
         if (timeout == 0) return Napi::Number::New(env, -1);
+        if (wait_start == 0) wait_start = MonotonicNs();
         if (!sleep_in_recv && SpinAllowed(fd) && SpinUntilReadable(fd)) continue;
         if (timeout < 0 && is_socket && !sleep_in_recv) {
           sleep_in_recv = true;  // a blocking socket sleeps in recvmsg; a non-blocking one says EAGAIN again
@@ -410,6 +426,7 @@ Napi::Value ConnRecv(const Napi::CallbackInfo& info) {
       if (errno == ECONNRESET) return Napi::Number::New(env, 0);  // as EOF
       ThrowErrno(env, errno, is_socket ? "recvmsg" : "read");
     }
+    if (wait_start != 0) RecordWait(fd, MonotonicNs() - wait_start);
     if (!is_socket || msg.msg_controllen == 0) return Napi::Number::New(env, static_cast<double>(n));
     Napi::Array fds = ReceivedFds(env, &msg);
     uint32_t nfds = fds.Length();
