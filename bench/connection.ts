@@ -28,9 +28,20 @@ export function echoBytes(conn: Connection): void {
   }
 }
 
-async function withChild<R>(target: (c: Connection) => void, body: (c: Connection) => Promise<R>, stop: (c: Connection) => void): Promise<R> {
+/** Child side: echoes byte messages received into one reused buffer, until an empty one. */
+export function echoBytesInto(conn: Connection, capacity: number): void {
+  const buf = Buffer.allocUnsafe(capacity);
+  for (;;) {
+    const n = conn.recvBytesIntoSync(buf);
+    if (n === 0) break;
+    conn.sendBytes(buf, 0, n);
+  }
+}
+
+async function withChild<R>(target: (c: Connection, ...a: any[]) => void, body: (c: Connection) => Promise<R>,
+  stop: (c: Connection) => void, extra: unknown[] = []): Promise<R> {
   const [mine, theirs] = mp.Pipe();
-  const p = new mp.Process({ target, args: [theirs] });
+  const p = new mp.Process({ target, args: [theirs, ...extra] });
   p.start();
   theirs.close();
   try {
@@ -75,28 +86,32 @@ async function childProcessIpc(n: number): Promise<number> {
   return best;
 }
 
-async function throughput(): Promise<Record<number, number>> {
-  return withChild(echoBytes, async (c) => {
+/** Echo throughput per size; `into`: both sides receive into a reused buffer (recvBytesInto). */
+async function throughput(into: boolean): Promise<Record<number, number>> {
+  const capacity = SIZES[SIZES.length - 1];
+  const mine = into ? Buffer.allocUnsafe(capacity) : null;
+  const recv = (c: Connection) => (mine ? c.recvBytesIntoSync(mine) : c.recvBytesSync());
+  return withChild(into ? echoBytesInto : echoBytes, async (c) => {
     const out: Record<number, number> = {};
     for (const size of SIZES) {
       const data = Buffer.alloc(size, 0x78);
       const reps = Math.max(3, Math.min(2000, Math.floor((256 << 20) / size / 2)));
-      c.sendBytes(data); c.recvBytesSync();
+      c.sendBytes(data); recv(c);
       // Best of 3 rounds, as for the round trips (and on the Python side): the first round
       // also pays the first touch of the memory the received buffers cycle through.
       let best = Infinity;
       for (let k = 0; k < 3; k++) {
         const t0 = process.hrtime.bigint();
-        for (let i = 0; i < reps; i++) { c.sendBytes(data); c.recvBytesSync(); }
+        for (let i = 0; i < reps; i++) { c.sendBytes(data); recv(c); }
         best = Math.min(best, Number(process.hrtime.bigint() - t0) / 1e9);
       }
       out[size] = (2 * size * reps) / best / 1e6;
     }
     return out;
-  }, (c) => c.sendBytes(Buffer.alloc(0)));
+  }, (c) => c.sendBytes(Buffer.alloc(0)), into ? [capacity] : []);
 }
 
-interface PyResult { version: string; start_method: string; rtt_ns: number; echo: Record<string, number> }
+interface PyResult { version: string; start_method: string; rtt_ns: number; echo: Record<string, number>; echo_into: Record<string, number> }
 
 function fmtNs(ns: number | null | undefined): string {
   if (ns === null || ns === undefined || Number.isNaN(ns)) return '—';
@@ -113,7 +128,8 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
   const n = Number(argv[0] ?? 20_000);
   const rt = await roundTrips(n);
   const ipc = await childProcessIpc(Math.max(1, Math.floor(n / 4)));
-  const tp = await throughput();
+  const tp = await throughput(false);
+  const tpInto = await throughput(true);
   const py = runPython<PyResult>('connection_py.py', [n]);
   const pyOk = typeof py === 'object';
   console.log(`machine: ${os.cpus()[0]?.model ?? 'unknown'} (${os.cpus().length} CPUs), ${os.platform()} ${os.release()}`);
@@ -126,6 +142,9 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
   line(['small object round trip (async)', fmtNs(rt.async), '', '', '≤ 30 µs']);
   for (const size of SIZES) {
     line([`sendBytes echo ${sizeName(size)}`, fmtMBs(tp[size]), fmtMBs(pyOk ? py.echo[String(size)] : null), '', '≥ python']);
+  }
+  for (const size of SIZES) {
+    line([`  same, recvBytesInto ${sizeName(size)}`, fmtMBs(tpInto[size]), fmtMBs(pyOk ? py.echo_into[String(size)] : null), '', '≥ python']);
   }
 }
 

@@ -1,5 +1,5 @@
 """Python 3.13 side of bench/connection.ts: Pipe round trip and send_bytes echo throughput.
-Prints JSON: {version, rtt_ns, echo: {size: MB/s}}."""
+Prints JSON: {version, rtt_ns, echo: {size: MB/s}, echo_into: {size: MB/s}}."""
 import json
 import sys
 import time
@@ -12,6 +12,39 @@ def echo(conn):
         if not b:
             break
         conn.send_bytes(b)
+
+
+def echo_into(conn, capacity):
+    buf = bytearray(capacity)
+    while True:
+        n = conn.recv_bytes_into(buf)
+        if n == 0:
+            break
+        conn.send_bytes(buf, 0, n)
+
+
+def echo_throughput(sizes, into):
+    capacity = max(sizes)
+    a, b = mp.Pipe()
+    p = mp.Process(target=echo_into if into else echo, args=(b, capacity) if into else (b,))
+    p.start()
+    mine = bytearray(capacity)
+    recv = (lambda: a.recv_bytes_into(mine)) if into else a.recv_bytes
+    res = {}
+    for size in sizes:
+        data = b'x' * size
+        reps = max(3, min(2000, (256 << 20) // size // 2))
+        a.send_bytes(data); recv()
+        dt = float('inf')
+        for _ in range(3):  # best of 3 rounds, as the Node side
+            t0 = time.perf_counter_ns()
+            for _ in range(reps):
+                a.send_bytes(data); recv()
+            dt = min(dt, (time.perf_counter_ns() - t0) / 1e9)
+        res[str(size)] = 2 * size * reps / dt / 1e6
+    a.send_bytes(b'')
+    p.join()
+    return res
 
 
 def echo_obj(conn):
@@ -39,24 +72,9 @@ def main():
         best = min(best, (time.perf_counter_ns() - t0) / n)
     a.send(None)
     p.join()
-    a, b = mp.Pipe()
-    p = mp.Process(target=echo, args=(b,))
-    p.start()
-    res = {}
-    for size in sizes:
-        data = b'x' * size
-        reps = max(3, min(2000, (256 << 20) // size // 2))
-        a.send_bytes(data); a.recv_bytes()
-        dt = float('inf')
-        for _ in range(3):  # best of 3 rounds, as the Node side
-            t0 = time.perf_counter_ns()
-            for _ in range(reps):
-                a.send_bytes(data); a.recv_bytes()
-            dt = min(dt, (time.perf_counter_ns() - t0) / 1e9)
-        res[str(size)] = 2 * size * reps / dt / 1e6
-    a.send_bytes(b'')
-    p.join()
-    print(json.dumps({'version': sys.version.split()[0], 'start_method': mp.get_start_method(), 'rtt_ns': best, 'echo': res}))
+    res = echo_throughput(sizes, False)
+    res_into = echo_throughput(sizes, True)
+    print(json.dumps({'version': sys.version.split()[0], 'start_method': mp.get_start_method(), 'rtt_ns': best, 'echo': res, 'echo_into': res_into}))
 
 
 if __name__ == '__main__':
