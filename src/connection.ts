@@ -606,6 +606,8 @@ export class Connection<T = unknown> {
   /**
    * Receives one message into buf at byte offset; resolves to its length. A message
    * that does not fit rejects with BufferTooShort carrying it in `data` (the stream stays usable).
+   * A large message is read straight into buf (no copy), so if the stream breaks during it
+   * (the peer ends mid-message), buf may hold the part that arrived.
    */
   recvBytesInto(buf: Bytes, offset = 0): Promise<number> {
     let target: Buffer;
