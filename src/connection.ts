@@ -35,6 +35,13 @@ const FIRST_BODY_ALLOC = 1024 * 1024;
  * 4 bytes first, so the next large body is read straight into its own buffer.
  */
 const DIRECT_BODY = 32 * 1024;
+function deserializationError(length: number, e: unknown): Error {
+  const err = new Error(`could not deserialize a message of ${length} bytes (not a value sent by send()?): ` +
+    `${(e as Error)?.message ?? e}`, { cause: e });
+  err.name = 'DeserializationError';
+  return err;
+}
+
 /** send() prefix of a message in JSON form: no fds, then the encoding byte. */
 const JSON_PREFIX = Buffer.from([0, ENC_JSON]);
 /** Longer JSON texts go through the general path (no big native scratch buffer). */
@@ -169,6 +176,8 @@ export class Connection<T = unknown> {
   private rb: Buffer = Buffer.allocUnsafe(0);
   private rs = 0;
   private re = 0;
+  /** Header length (4, or 12 for the 8-byte form) of the message at rs (headLength). */
+  private headLen = 4;
   /** A large message being received into its own buffer. */
   private body: Buffer | null = null;
   private bodyLen = 0;
@@ -283,16 +292,19 @@ export class Connection<T = unknown> {
     return r[0];
   }
 
-  /** The length of the message at the head of rb, or null if its header is incomplete. */
-  private headLength(maxLength: number | null): { hdr: number; size: number } | null {
+  /**
+   * The length of the message at the head of rb, or -1 if its header is incomplete; its
+   * header's length goes to headLen (no object per message: this runs for every read).
+   */
+  private headLength(maxLength: number | null): number {
     const avail = this.re - this.rs;
-    if (avail < 4) return null;
+    if (avail < 4) return -1;
     let size = this.rb.readInt32BE(this.rs);
-    let hdr = 4;
+    this.headLen = 4;
     if (size === -1) {
-      if (avail < 12) return null;
+      if (avail < 12) return -1;
       const big = this.rb.readBigUInt64BE(this.rs + 4);
-      hdr = 12;
+      this.headLen = 12;
       if (big > BigInt(MAX_MESSAGE)) {
         throw this.breakStream(outOfSync(`a message announced ${big} bytes, more than this process can hold (${MAX_MESSAGE})`));
       }
@@ -303,7 +315,7 @@ export class Connection<T = unknown> {
     if (maxLength !== null && size > maxLength) {
       throw this.breakStream(outOfSync(`bad message length: a message of ${size} bytes exceeds maxLength ${maxLength}`));
     }
-    return { hdr, size };
+    return size;
   }
 
   private breakStream(e: Error): Error {
@@ -318,8 +330,8 @@ export class Connection<T = unknown> {
     if (this.broken) return true;
     if (this.body) return this.bodyGot === this.bodyLen;
     try {
-      const h = this.headLength(null);
-      return h !== null && this.re - this.rs >= h.hdr + h.size;
+      const size = this.headLength(null);
+      return size >= 0 && this.re - this.rs >= this.headLen + size;
     } catch {
       return true; // the next read reports the broken stream
     }
@@ -354,26 +366,26 @@ export class Connection<T = unknown> {
         this.bodyGot += n;
         continue;
       }
-      const h = this.headLength(maxLength);
-      if (h) {
+      const size = this.headLength(maxLength);
+      if (size >= 0) {
         const avail = this.re - this.rs;
-        const total = h.hdr + h.size;
+        const total = this.headLen + size;
         if (avail >= total) {
-          const start = this.rs + h.hdr;
-          this.lastLarge = h.size >= DIRECT_BODY;
+          const start = this.rs + this.headLen;
+          this.lastLarge = size >= DIRECT_BODY;
           this.rs += total;
           if (this.rs === this.re) this.rs = this.re = 0;
-          return this.rb.subarray(start, start + h.size);
+          return this.rb.subarray(start, start + size);
         }
-        if (h.size >= DIRECT_BODY) {
+        if (size >= DIRECT_BODY) {
           // A large message: read it into a buffer of its own (or the reader's target).
           this.lastLarge = true;
-          const have = avail - h.hdr;
-          this.body = into !== null && h.size <= into.length
-            ? into.subarray(0, h.size)
-            : Buffer.allocUnsafe(Math.min(h.size, Math.max(FIRST_BODY_ALLOC, have)));
-          this.rb.copy(this.body, 0, this.rs + h.hdr, this.re);
-          this.bodyLen = h.size;
+          const have = avail - this.headLen;
+          this.body = into !== null && size <= into.length
+            ? into.subarray(0, size)
+            : Buffer.allocUnsafe(Math.min(size, Math.max(FIRST_BODY_ALLOC, have)));
+          this.rb.copy(this.body, 0, this.rs + this.headLen, this.re);
+          this.bodyLen = size;
           this.bodyGot = have;
           this.rs = this.re = 0;
           continue;
@@ -412,6 +424,14 @@ export class Connection<T = unknown> {
   private decode(view: Buffer): T {
     if (view.length < 2) throw new Error(`could not deserialize a message of ${view.length} bytes: too short to come from send()`);
     const nfds = view[0];
+    if (nfds === 0 && view[1] === ENC_JSON) {
+      // The common case (see send): no fds, JSON text; errors as below.
+      try {
+        return JSON.parse(view.toString('utf8', 2)) as T;
+      } catch (e) {
+        throw deserializationError(view.length, e);
+      }
+    }
     if (nfds > this.fdq.length) {
       throw new Error(`could not deserialize the message: it carries ${nfds} fds but ${this.fdq.length} arrived ` +
         '(was it sent by send() of this library?)');
@@ -421,10 +441,7 @@ export class Connection<T = unknown> {
       return loads(view.subarray(1), 'connection', fds) as T;
     } catch (e) {
       closeFds(fds);
-      const err = new Error(`could not deserialize a message of ${view.length} bytes (not a value sent by send()?): ` +
-        `${(e as Error)?.message ?? e}`, { cause: e });
-      err.name = 'DeserializationError';
-      throw err;
+      throw deserializationError(view.length, e);
     }
   }
 

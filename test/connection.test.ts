@@ -322,9 +322,11 @@ describe('connection: in one process', function () {
     // undeserializable bytes: a clear error, and the stream stays in sync
     [a, b] = Pipe();
     a.sendBytes(Buffer.from([0, 1, 0xff, 0xff, 0xff]));
+    a.sendBytes(Buffer.concat([Buffer.from([0, 2]), Buffer.from('{"not json')])); // the JSON form, cut short
     a.sendBytes(Buffer.from('x'));
     a.send('after');
     await expectRejects(b.recv(), (e) => expect(e.name).to.equal('DeserializationError'));
+    expect(() => b.recvSync()).to.throw(/could not deserialize a message of 12 bytes/).with.property('name', 'DeserializationError');
     expect(() => b.recvSync()).to.throw(/too short/);
     expect(b.recvSync()).to.equal('after');
     a.close(); b.close();
