@@ -1,4 +1,5 @@
 // Entry point of the forkserver process (started by ForkServer with --single-threaded).
+import './compile_cache';
 import * as v8 from 'node:v8';
 import './index';
 import { serverMain } from './forkserver';

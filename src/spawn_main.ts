@@ -1,5 +1,6 @@
 // Entry point of a child started by the 'spawn' method: reads its launch message
 // from fd 3, which it then keeps open as its parent's sentinel.
+import './compile_cache';
 import './index';
 import { native } from './native';
 import { addLifelineFd, decodeLaunch, runLaunchedChild } from './spawn';

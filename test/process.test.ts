@@ -2,6 +2,7 @@ import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as mp from '../src/index';
 import * as t from './fixtures/targets';
+import * as nodeModule from 'node:module';
 import { methodsUnderTest, openFdCount, pidAlive, readJson, runScenario, tmpFile, waitUntil, within } from './helpers';
 
 for (const method of methodsUnderTest()) {
@@ -152,6 +153,24 @@ for (const method of methodsUnderTest()) {
         await within(p.join(), 15_000, 'join');
         expect(p.exitCode).to.equal(0);
         expect(readJson(file)).to.deep.equal([]);
+      });
+
+      it("compiles with Node's compile cache where Node has one (22.1+), unless NODE_DISABLE_COMPILE_CACHE", async () => {
+        const file = tmpFile('compile-cache');
+        const p = new ctx.Process({
+          target: (f: string) => {
+            const m = require('node:module');
+            require('node:fs').writeFileSync(f, JSON.stringify({ dir: m.getCompileCacheDir?.() ?? null }));
+          },
+          args: [file],
+        });
+        p.start();
+        await within(p.join(), 15_000, 'join');
+        expect(p.exitCode).to.equal(0);
+        const { dir } = readJson(file) as { dir: string | null };
+        const nodeHasIt = typeof (nodeModule as { getCompileCacheDir?: unknown }).getCompileCacheDir === 'function';
+        if (nodeHasIt && !process.env.NODE_DISABLE_COMPILE_CACHE) expect(dir).to.be.a('string').with.length.above(0);
+        else expect(dir).to.equal(null);
       });
     }
 
