@@ -102,6 +102,11 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
     const ratio = Number.isFinite(r.running) ? `${(cpf.running / r.running).toFixed(1)}× faster` : '';
     console.log(`| ${r.name} | ${r.running.toFixed(2)} ms | ${r.joined.toFixed(2)} ms | ${ratio} |`);
   }
+  if (process.env.NODE_EXTRA_CA_CERTS && Number(process.versions.node.split('.')[0]) < 22) {
+    // Seen on our VM: +60-80 ms per node start, which inflated the ratios to child_process.fork 2-3x.
+    console.log('note: NODE_EXTRA_CA_CERTS is set, and Node < 22 reads those certificates at every start: every new ' +
+      'node (spawn, child_process.fork, the forkserver) is slower, a fork is not. Unset it to compare without it.');
+  }
 }
 
 if (require.main === module) {
