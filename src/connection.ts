@@ -35,6 +35,8 @@ const FIRST_BODY_ALLOC = 1024 * 1024;
  * 4 bytes first, so the next large body is read straight into its own buffer.
  */
 const DIRECT_BODY = 32 * 1024;
+
+/** What recv() throws for a message that does not decode; the stream stays in sync. */
 function deserializationError(length: number, e: unknown): Error {
   const err = new Error(`could not deserialize a message of ${length} bytes (not a value sent by send()?): ` +
     `${(e as Error)?.message ?? e}`, { cause: e });
