@@ -203,6 +203,13 @@ function installFailureHandlers(exit: (code: number) => void): void {
 // at the fork (the parked ones among them). So it runs its own event loop, one
 // uv_run(UV_RUN_ONCE) at a time, and leaves through _exit.
 
+/**
+ * Promises are not resources that keep a child alive: where Node can (the 24 and 26 lines here), the hook
+ * asks for no promise hooks at all, which an init hook otherwise turns on for every
+ * promise the child makes (older Node ignores the option).
+ */
+const NO_PROMISE_HOOKS = { trackPromises: false };
+
 /** Resources (timers, sockets, requests) the child creates after the fork. */
 function trackOwnResources(): () => boolean {
   const live = new Map<number, unknown>();
@@ -222,7 +229,8 @@ function trackOwnResources(): () => boolean {
       destroy(id) {
         live.delete(id);
       },
-    })
+      ...NO_PROMISE_HOOKS,
+    } as async_hooks.HookCallbacks)
     .enable();
   const types = new Map<number, string>();
   return () => {
@@ -287,7 +295,7 @@ export function warmForkedChildPath(): void {
   childPathWarmed = true;
   const noop = () => {};
   // The same kinds of callbacks as the child's own hook (trackOwnResources).
-  const hook = async_hooks.createHook({ init: noop, before: noop, after: noop, destroy: noop });
+  const hook = async_hooks.createHook({ init: noop, before: noop, after: noop, destroy: noop, ...NO_PROMISE_HOOKS } as async_hooks.HookCallbacks);
   hook.enable();
   void Promise.resolve().then(noop).then(() => hook.disable());
   const event = 'node-multiprocessing:warm-up';

@@ -2,6 +2,7 @@ import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as mp from '../src/index';
 import * as t from './fixtures/targets';
+import * as async_hooks from 'node:async_hooks';
 import * as nodeModule from 'node:module';
 import { methodsUnderTest, openFdCount, pidAlive, readJson, runScenario, tmpFile, waitUntil, within } from './helpers';
 
@@ -175,6 +176,32 @@ for (const method of methodsUnderTest()) {
     }
 
     if (method === 'fork') {
+      it('tracks the child\'s own resources without promise hooks where Node allows (trackPromises)', async () => {
+        // Node with the trackPromises option refuses it next to promiseResolve: a probe that enables nothing.
+        let nodeHasOption = false;
+        try {
+          async_hooks.createHook({ promiseResolve() {}, trackPromises: false } as async_hooks.HookCallbacks);
+        } catch {
+          nodeHasOption = true;
+        }
+        const file = tmpFile('promise-hooks');
+        const p = new ctx.Process({
+          target: async () => {
+            const before = async_hooks.executionAsyncId();
+            await null;
+            // With promise hooks on, a continuation runs in its promise's (new, higher) async id;
+            // without, in the context that ran the microtasks (here the one it started in).
+            fs.writeFileSync(file, JSON.stringify([before, async_hooks.executionAsyncId()]));
+          },
+        });
+        p.start();
+        await within(p.join(), 15_000, 'join');
+        expect(p.exitCode).to.equal(0);
+        const [before, after] = readJson(file) as [number, number];
+        if (nodeHasOption) expect(after).to.be.at.most(before);
+        else expect(after).to.be.above(before);
+      });
+
       it('runs closures (the heap is inherited)', async () => {
         const file = tmpFile('closure');
         const secret = { value: 99 };
