@@ -78,6 +78,15 @@ for (const method of methodsUnderTest()) {
       expect(Date.now() - t0).to.be.below(10_000);
     });
 
+    it('waits for a timer it unref\'d and ref\'d again, after churning through resources of its own', async () => {
+      const file = tmpFile('churn');
+      const p = new ctx.Process({ target: t.lingerAfterChurn, args: [file] });
+      p.start();
+      await within(p.join(), 15_000, 'join');
+      expect(p.exitCode).to.equal(0);
+      expect(readJson(file)).to.deep.equal({ fired: true });
+    });
+
     it('terminate(), kill() and interrupt() give -15, -9 and -2', async () => {
       const procs = [0, 1, 2].map(() => new ctx.Process({ target: t.sleepFor, args: [20_000] }));
       for (const p of procs) p.start();
