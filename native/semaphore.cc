@@ -83,7 +83,9 @@ struct Instance {
   std::unordered_map<uint32_t, Waiter*> waiters;
 };
 
-std::vector<Instance*> g_instances;  // guarded by g_mu (never freed: threads may still point at them)
+// Guarded by g_mu. Never freed, nor the Instances in it: threads may still point at them (the
+// vector lives on the heap, so that exit does not destroy it under them either).
+std::vector<Instance*>& g_instances = *new std::vector<Instance*>;
 
 void AtforkPrepare() { pthread_mutex_lock(&g_mu); }
 void AtforkParent() { pthread_mutex_unlock(&g_mu); }

@@ -86,7 +86,9 @@ struct Instance {
   std::unordered_map<uint32_t, Waiter*> waiters;
 };
 
-std::vector<Instance*> g_instances;  // guarded by g_mu (never freed: threads may still point at them)
+// Guarded by g_mu. Never freed, nor the Instances in it: threads may still point at them (the
+// vector lives on the heap, so that exit does not destroy it under them either).
+std::vector<Instance*>& g_instances = *new std::vector<Instance*>;
 
 // 0: acquired; WAIT_TIMEOUT; anything else: failed (GetLastError() tells why).
 DWORD WaitSem(HANDLE sem, DWORD ms) {
