@@ -5,9 +5,9 @@ import * as path from 'node:path';
 
 const examples = path.join(__dirname, '..', 'examples');
 
-function run(name: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function run(name: string, args: string[] = []): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [path.join(examples, `${name}.js`)], { timeout: 30_000 }, (err, stdout, stderr) => {
+    execFile(process.execPath, [path.join(examples, `${name}.js`), ...args], { timeout: 30_000 }, (err, stdout, stderr) => {
       resolve({ code: err ? ((err as { code?: number }).code ?? null) : 0, stdout, stderr });
     });
   });
@@ -19,6 +19,15 @@ function lines(s: string): string[] {
 
 describe('tutorial examples', function () {
   this.timeout(60_000);
+
+  it('demo (npm start): counts primes in this process and in parallel, the same count', async () => {
+    const r = await run('demo', ['200000']);
+    expect(r.code, r.stderr).to.equal(0);
+    expect(r.stdout).to.match(/first child, which (also starts the forkserver|starts): \d+ ms/);
+    expect(r.stdout).to.match(/primes below 200,000 in this process: +17984 in \d+ ms/);
+    expect(r.stdout).to.match(/primes below 200,000 in \d+ processes: +17984 in \d+ ms \([\d.]+× faster/);
+    expect(r.stdout).to.match(/start → join of a child process: [\d.]+ ms/);
+  });
 
   it('separate_memory: a child changes only its own copy of a module-level list', async () => {
     const r = await run('separate_memory');
