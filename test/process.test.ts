@@ -11,6 +11,12 @@ for (const method of methodsUnderTest()) {
     this.timeout(30_000);
     const ctx = mp.getContext(method);
 
+    /** Starts p and waits (bounded) until it ended. */
+    async function startAndJoin(p: mp.Process): Promise<void> {
+      p.start();
+      await within(p.join(), 15_000, 'join');
+    }
+
     it('runs an exported target with its args in a new process', async () => {
       const file = tmpFile('info');
       process.env.MP_TEST_VAR = `value-${method}`;
@@ -39,8 +45,7 @@ for (const method of methodsUnderTest()) {
     it('passes args through the V8 serializer (Map, BigInt, Date, typed arrays)', async () => {
       const file = tmpFile('args');
       const p = new ctx.Process({ target: t.recordArgs, args: [file, 5n, new Date(0).toISOString(), [1, [2, { x: 3 }]]] });
-      p.start();
-      await within(p.join(), 15_000, 'join');
+      await startAndJoin(p);
       expect(readJson(file)).to.deep.equal(['5n', '1970-01-01T00:00:00.000Z', [1, [2, { x: 3 }]]]);
     });
 
@@ -58,8 +63,7 @@ for (const method of methodsUnderTest()) {
     it('awaits an async target', async () => {
       const file = tmpFile('async');
       const p = new ctx.Process({ target: t.asyncWrite, args: [file, 100] });
-      p.start();
-      await within(p.join(), 15_000, 'join');
+      await startAndJoin(p);
       expect(p.exitCode).to.equal(0);
       expect(readJson(file)).to.deep.equal({ done: true });
     });
@@ -81,8 +85,7 @@ for (const method of methodsUnderTest()) {
     it('waits for a timer it unref\'d and ref\'d again, after churning through resources of its own', async () => {
       const file = tmpFile('churn');
       const p = new ctx.Process({ target: t.lingerAfterChurn, args: [file] });
-      p.start();
-      await within(p.join(), 15_000, 'join');
+      await startAndJoin(p);
       expect(p.exitCode).to.equal(0);
       expect(readJson(file)).to.deep.equal({ fired: true });
     });
@@ -142,8 +145,7 @@ for (const method of methodsUnderTest()) {
         target: (f: string, x: number) => require('node:fs').writeFileSync(f, JSON.stringify(x * 2)),
         args: [file, 21],
       });
-      p.start();
-      await within(p.join(), 15_000, 'join');
+      await startAndJoin(p);
       expect(p.exitCode).to.equal(0);
       expect(readJson(file)).to.equal(42);
     });
@@ -159,8 +161,7 @@ for (const method of methodsUnderTest()) {
           },
         };
         const p = new ctx.Process({ target: holder.report, args: [file] });
-        p.start();
-        await within(p.join(), 15_000, 'join');
+        await startAndJoin(p);
         expect(p.exitCode).to.equal(0);
         expect(readJson(file)).to.deep.equal([]);
       });
@@ -174,8 +175,7 @@ for (const method of methodsUnderTest()) {
           },
           args: [file],
         });
-        p.start();
-        await within(p.join(), 15_000, 'join');
+        await startAndJoin(p);
         expect(p.exitCode).to.equal(0);
         const { dir } = readJson(file) as { dir: string | null };
         const nodeHasIt = typeof (nodeModule as { getCompileCacheDir?: unknown }).getCompileCacheDir === 'function';
@@ -203,8 +203,7 @@ for (const method of methodsUnderTest()) {
             fs.writeFileSync(file, JSON.stringify([before, async_hooks.executionAsyncId()]));
           },
         });
-        p.start();
-        await within(p.join(), 15_000, 'join');
+        await startAndJoin(p);
         expect(p.exitCode).to.equal(0);
         const [before, after] = readJson(file) as [number, number];
         if (nodeHasOption) expect(after).to.be.at.most(before);
@@ -215,8 +214,7 @@ for (const method of methodsUnderTest()) {
         const file = tmpFile('closure');
         const secret = { value: 99 };
         const p = new ctx.Process({ target: () => fs.writeFileSync(file, JSON.stringify(secret)) });
-        p.start();
-        await within(p.join(), 15_000, 'join');
+        await startAndJoin(p);
         expect(readJson(file)).to.deep.equal({ value: 99 });
       });
     } else {
@@ -248,8 +246,7 @@ for (const method of methodsUnderTest()) {
     it('forbids a daemonic process to have children', async () => {
       const file = tmpFile('daemonkids');
       const p = new ctx.Process({ target: t.startGrandchild, args: [file], daemon: true });
-      p.start();
-      await within(p.join(), 15_000, 'join');
+      await startAndJoin(p);
       expect(readJson(file).error).to.match(/daemonic processes are not allowed to have children/);
     });
 
@@ -279,8 +276,7 @@ for (const method of methodsUnderTest()) {
       const before = openFdCount();
       for (let i = 0; i < 20; i++) {
         const p = new ctx.Process({ target: t.sleepFor, args: [1] });
-        p.start();
-        await within(p.join(), 15_000, 'join');
+        await startAndJoin(p);
         if (p.pid !== null) expect(p.sentinel).to.be.a('number');
         p.close();
       }
@@ -290,8 +286,7 @@ for (const method of methodsUnderTest()) {
 
     it('never lets a killed child hang join()', async () => {
       const p = new ctx.Process({ target: t.signalExit });
-      p.start();
-      await within(p.join(), 15_000, 'join');
+      await startAndJoin(p);
       expect(p.exitCode).to.equal(-9);
     });
 
