@@ -48,8 +48,8 @@ export function countMany(bounds: number[], w: number, workers: number, out: Flo
   out[w] = total;
 }
 
-/** One tiny child: the first start also starts the forkserver (a fresh node) if that is the method. */
-async function firstStart(): Promise<number> {
+/** Start → join of one tiny child, in ms (the first also starts the forkserver, if that is the method). */
+async function timeOneStart(): Promise<number> {
   const t0 = performance.now();
   const p = new mp.Process({ target: countPrimes, args: [0, 10, new Float64Array(1), 0] });
   p.start();
@@ -60,14 +60,7 @@ async function firstStart(): Promise<number> {
 
 async function startLatency(): Promise<number> {
   const times: number[] = [];
-  for (let i = 0; i < 20; i++) {
-    const t0 = performance.now();
-    const p = new mp.Process({ target: countPrimes, args: [0, 10, new Float64Array(1), 0] });
-    p.start();
-    await p.join();
-    times.push(performance.now() - t0);
-    p.close();
-  }
+  for (let i = 0; i < 20; i++) times.push(await timeOneStart());
   return times.sort((a, b) => a - b)[10];
 }
 
@@ -77,7 +70,7 @@ async function main(): Promise<void> {
   console.log(`node-multiprocessing demo on ${os.cpus()[0].model}, ${workers} cores, Node ${process.version}`);
   console.log(`start method: ${mp.getStartMethod()} (available: ${mp.getAllStartMethods().join(', ')})`);
   // Started before the timed work, as a program would long before its hot path.
-  const first = await firstStart();
+  const first = await timeOneStart();
   console.log(`first child, which ${mp.getStartMethod() === 'forkserver' ? 'also starts the forkserver' : 'starts'}: ` +
     `${first.toFixed(0)} ms (once per program)`);
 
