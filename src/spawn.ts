@@ -204,15 +204,18 @@ function installFailureHandlers(exit: (code: number) => void): void {
 // uv_run(UV_RUN_ONCE) at a time, and leaves through _exit.
 
 /**
- * Promises are not resources that keep a child alive: where Node can (the 24 and 26 lines here), the hook
- * asks for no promise hooks at all, which an init hook otherwise turns on for every
- * promise the child makes (older Node ignores the option).
+ * Promises are not resources that keep a child alive: where Node can (the 24 and 26 lines
+ * here), the hook asks for no promise hooks at all, which an init hook otherwise turns on
+ * for every promise the child makes (older Node ignores the option).
  */
 const NO_PROMISE_HOOKS = { trackPromises: false };
 
 type Resource = { hasRef?: () => boolean; _destroyed?: boolean };
 /** Stands for a resource that is not an object: pending until its callback ran. */
-const OPAQUE_RESOURCE = { deref: (): Resource => ({}) };
+const OPAQUE: Resource = {};
+const OPAQUE_RESOURCE = { deref: (): Resource => OPAQUE };
+/** Collected (closed, finished), or a Timeout or Immediate that ran. */
+const finished = (r: Resource | undefined): boolean => r === undefined || r._destroyed === true;
 
 /**
  * Resources (timers, sockets, requests) the child creates after the fork, held weakly: an
@@ -226,10 +229,7 @@ function trackOwnResources(): () => boolean {
   const ignored = new Set(['PROMISE', 'TickObject', 'Microtask', 'ELDHISTOGRAM']);
   let pruneAt = 1024;
   const prune = (): void => {
-    for (const [id, ref] of live) {
-      const r = ref.deref();
-      if (r === undefined || r._destroyed === true) live.delete(id);
-    }
+    for (const [id, ref] of live) if (finished(ref.deref())) live.delete(id);
     pruneAt = Math.max(1024, 2 * live.size);
   };
   async_hooks
@@ -251,13 +251,12 @@ function trackOwnResources(): () => boolean {
   return () => {
     for (const [id, ref] of live) {
       const r = ref.deref();
-      if (r === undefined) {
+      if (finished(r)) {
         live.delete(id);
         continue;
       }
-      // A Timeout or Immediate that ran is done. Handles report hasRef() false once closed.
-      if (r._destroyed === true) continue;
-      const hasRef = r.hasRef;
+      // Handles report hasRef() false once closed.
+      const hasRef = r!.hasRef;
       if (typeof hasRef !== 'function' || hasRef.call(r)) {
         if (!types.has(id)) {
           types.set(id, (r as object).constructor?.name ?? typeof r);
