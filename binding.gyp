@@ -18,9 +18,11 @@
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions"],
-      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-fexceptions"],
+      "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-fexceptions", "-fvisibility=hidden"],
       "conditions": [
-        ["OS=='linux'", { "libraries": ["-ldl", "-lpthread", "-lrt"] }],
+        # -z now: every symbol is bound at load, so a forked child does not run the
+        # dynamic linker (and write its tables) on its first calls.
+        ["OS=='linux'", { "libraries": ["-ldl", "-lpthread", "-lrt"], "ldflags": ["-Wl,-z,now"] }],
         ["OS=='mac'", {
           "xcode_settings": {
             "GCC_ENABLE_CPP_EXCEPTIONS": "YES",
@@ -49,7 +51,8 @@
           # built against the headers of the Node that will load it (one per version).
           "target_name": "mp_fork_park",
           "sources": ["native/park.cc"],
-          "cflags_cc": ["-Wall", "-Wextra", "-Wno-cast-function-type"],
+          "cflags_cc": ["-Wall", "-Wextra", "-Wno-cast-function-type", "-fvisibility=hidden"],
+          "conditions": [["OS=='linux'", { "ldflags": ["-Wl,-z,now"] }]],
           "xcode_settings": { "MACOSX_DEPLOYMENT_TARGET": "11.0" }
         }
       ]
