@@ -12,6 +12,13 @@
 #include <vector>
 #ifdef __linux__
 #include <sys/prctl.h>
+#include <sys/syscall.h>
+#endif
+#ifdef __APPLE__
+#include <crt_externs.h>  // a shared library on macOS reaches environ only this way
+#define environ (*_NSGetEnviron())
+#else
+extern char** environ;
 #endif
 
 namespace mp {
@@ -234,6 +241,29 @@ Napi::Value Kill(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, true);
 }
 
+bool OnMainThread() {
+#if defined(__linux__)
+  return syscall(SYS_gettid) == getpid();
+#elif defined(__APPLE__)
+  return pthread_main_np() != 0;
+#else
+  return true;
+#endif
+}
+
+// environBlock(): the C environment as "K=V\0K=V...", in one call; null off the main
+// thread. There process.env reads and writes this very environment, one native call per
+// key (a worker thread's process.env is a copy of its own).
+Napi::Value EnvironBlock(const Napi::CallbackInfo& info) {
+  if (!OnMainThread()) return info.Env().Null();
+  std::string block;
+  for (char** e = environ; e != nullptr && *e != nullptr; e++) {
+    if (e != environ) block.push_back('\0');
+    block.append(*e);
+  }
+  return Napi::String::New(info.Env(), block);
+}
+
 Napi::Value GetPid(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), getpid()); }
 Napi::Value GetPpid(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), getppid()); }
 
@@ -360,6 +390,7 @@ void InitProcess(Napi::Env env, Napi::Object exports) {
   exports.Set("waitpid", Napi::Function::New(env, WaitPid, "waitpid"));
   exports.Set("waitpidNoReap", Napi::Function::New(env, WaitPidNoReap, "waitpidNoReap"));
   exports.Set("kill", Napi::Function::New(env, Kill, "kill"));
+  exports.Set("environBlock", Napi::Function::New(env, EnvironBlock, "environBlock"));
   exports.Set("getpid", Napi::Function::New(env, GetPid, "getpid"));
   exports.Set("getppid", Napi::Function::New(env, GetPpid, "getppid"));
   exports.Set("pipe", Napi::Function::New(env, Pipe, "pipe"));

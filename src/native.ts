@@ -33,6 +33,8 @@ export interface NativeBinding {
   kill(pid: number, signal: number): boolean;
   getpid(): number;
   getppid(): number;
+  /** POSIX only: the C environment as one string, entries "K=V" joined by NUL; null off the main thread. */
+  environBlock?(): string | null;
   pipe(): [number, number];
   close(fd: number): void;
   dup(fd: number): number;

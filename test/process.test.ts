@@ -42,6 +42,22 @@ for (const method of methodsUnderTest()) {
       p.close();
     });
 
+    it("gives the child the parent's environment at start(): removed, changed and new variables", async () => {
+      const r = await runScenario('environment.js', [method], {
+        singleThreaded: method === 'fork',
+        env: { MP_ENV_GONE: 'set', MP_ENV_KEEP: 'kept', MP_ENV_CHANGED: 'old' },
+      });
+      expect(r.stderr).to.equal('');
+      expect(r.code).to.equal(0);
+      const out = JSON.parse(r.stdout);
+      expect(out.before).to.deep.equal({ MP_ENV_GONE: 'set', MP_ENV_KEEP: 'kept', MP_ENV_CHANGED: 'old', MP_ENV_NEW: null });
+      const after = { MP_ENV_GONE: null, MP_ENV_KEEP: 'kept', MP_ENV_CHANGED: 'new=value=with=equals', MP_ENV_NEW: 'äöü ✓' };
+      expect(out.after).to.deep.equal(after);
+      if (method !== 'fork') {
+        expect(out.fromWorker).to.deep.equal({ ...after, MP_ENV_KEEP: null, MP_ENV_NEW: 'set in the worker' });
+      }
+    });
+
     it('passes args through the V8 serializer (Map, BigInt, Date, typed arrays)', async () => {
       const file = tmpFile('args');
       const p = new ctx.Process({ target: t.recordArgs, args: [file, 5n, new Date(0).toISOString(), [1, [2, { x: 3 }]]] });
