@@ -391,7 +391,10 @@ function isCommonJsFile(url: string): boolean {
 export async function resolveFunction(ref: FunctionRef, what: string): Promise<Function> {
   switch (ref.kind) {
     case 'cjs': {
-      const exp = require(ref.path);
+      // ref.path is a require.cache key: a module loaded already (preloaded by the forkserver)
+      // needs no resolution, which costs a fresh child ~0.1-0.3 ms.
+      const cached = require.cache[ref.path];
+      const exp = cached?.loaded ? cached.exports : require(ref.path);
       const fn = ref.exportName === null ? exp : exp[ref.exportName];
       if (typeof fn !== 'function') throw new TypeError(`${what}: ${ref.path} no longer exports ${ref.exportName ?? 'a function'}`);
       return fn;
