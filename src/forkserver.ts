@@ -1,8 +1,9 @@
 // The forkserver (Python's forkserver.py): a helper node started once with
 // --single-threaded, which forks a child per request. Clients talk to it over a Unix
 // socket in a private directory, authenticate with an HMAC of a challenge, and pass
-// the child's fds with SCM_RIGHTS. The server reports each child's pid, then its exit
-// status, on a per-child socket whose client end is the Process sentinel.
+// the child's fds with SCM_RIGHTS. Each child's pid, then its exit status, arrive on a
+// per-child socket whose client end is the Process sentinel (the pid from the server, or
+// from a spare that read the request itself: see Spare; the status from the server).
 import type { ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
@@ -225,12 +226,35 @@ interface ClientState {
  * A child forked ahead of the next request, already through the part of a child's
  * start that does not depend on its target (after-fork hooks, listeners, the
  * copy-on-write faults and lazy compilation these cost): a request then needs no
- * fork at all, only a message to the spare. `sock` carries its assignment.
+ * fork at all. `sock` carries messages both ways. Server to spare: an assignment (a
+ * request the server read: header + payload + the child's fds), or ATTACH with a
+ * client's connection, whose next request the spare then reads itself: the request
+ * reaches the future child directly, without waking the server first. Spare to server:
+ * TAKEN with the request's status socket (the server reports the exit status there), or
+ * RELEASED when the attached connection ended.
  */
-interface Spare { pid: number; sock: number }
+interface Spare {
+  pid: number;
+  sock: number;
+  watcher: FdWatcherHandle;
+  /** The client whose requests go to this spare (its connection is not watched for data meanwhile). */
+  attachedTo: ClientState | null;
+  /** Its client went away while attached: RELEASED is on its way, do not attach it again yet. */
+  releasing: boolean;
+  fds: number[];
+}
 
 /** Frame header of an assignment to a spare: payload length, fd count. */
 const ASSIGNMENT_HEADER = 8;
+/** In an assignment header's length field: an ATTACH message (one fd: the connection). */
+const ATTACH = 0xffffffff;
+const TAKEN = 0x54;
+const RELEASED = 0x52;
+/**
+ * Spares kept: one attached to the last client, one getting ready. Each costs ~1 MB of
+ * private memory; with two, starts in a row find one ready (preparing one takes a few ms).
+ */
+const SPARES = 2;
 
 class Server {
   private clients = new Map<number, ClientState>();
@@ -239,8 +263,10 @@ class Server {
   private listenWatcher: FdWatcherHandle | null = null;
   private hadClient = false;
   private inChild = false;
-  private spare: Spare | null = null;
+  private spares: Spare[] = [];
   private spareScheduled = false;
+  /** The client that asked last (or connected last): the spare is attached to it. */
+  private lastClient: ClientState | null = null;
 
   constructor(private readonly config: ServerConfig) {}
 
@@ -259,7 +285,7 @@ class Server {
 
   /** Forks the next spare from an I/O callback (a clean place to fork from: util.ts). */
   private makeSpareSoon(): void {
-    if (this.spare || this.spareScheduled || this.inChild) return;
+    if (this.spares.length >= SPARES || this.spareScheduled || this.inChild) return;
     this.spareScheduled = true;
     callFromIoCallback(() => {
       this.spareScheduled = false;
@@ -268,8 +294,9 @@ class Server {
   }
 
   private makeSpare(): void {
-    if (this.spare || this.inChild) return;
+    if (this.spares.length >= SPARES || this.inChild) return;
     const [mine, theirs] = native.socketpair();
+    const serverPid = native.getpid();
     let pid: number;
     try {
       pid = native.fork(undefined, true);
@@ -282,17 +309,108 @@ class Server {
       this.inChild = true;
       native.close(mine);
       this.dropServerResources();
-      runSpare(theirs);
+      runSpare(theirs, serverPid);
     }
     native.close(theirs);
-    this.spare = { pid, sock: mine };
+    const spare: Spare = { pid, sock: mine, watcher: null as unknown as FdWatcherHandle, attachedTo: null, releasing: false, fds: [] };
+    spare.watcher = new native.FdWatcher(mine, () => this.onSpareMessage(spare));
+    spare.watcher.start(UV_READABLE);
+    spare.watcher.unref();
+    this.spares.push(spare);
+    this.attachSpare();
+    this.makeSpareSoon();
   }
 
-  /** Hands a request to the spare; false if there is none or it died. */
+  /** The spare that reads this client's requests, if any. */
+  private spareAttachedTo(client: ClientState): Spare | undefined {
+    return this.spares.find((s) => s.attachedTo === client);
+  }
+
+  /** A spare neither attached nor being released: the oldest, the likeliest to be ready. */
+  private freeSpare(): Spare | undefined {
+    return this.spares.find((s) => !s.attachedTo && !s.releasing);
+  }
+
+  /** Lets the spare read the last client's next request itself (see Spare). */
+  private attachSpare(): void {
+    const client = this.lastClient;
+    if (this.spares.some((s) => s.attachedTo || s.releasing) || !client || !this.clients.has(client.fd)) return;
+    const spare = this.freeSpare();
+    if (!spare) return;
+    // Only at a frame boundary: bytes of a request the server has begun to read stay its own.
+    if (client.buffer.length > 0 || client.fds.length > 0) return;
+    const header = Buffer.alloc(ASSIGNMENT_HEADER);
+    header.writeUInt32BE(ATTACH, 0);
+    header.writeUInt32BE(1, 4);
+    try {
+      native.sendMsg(spare.sock, header, [client.fd]);
+    } catch {
+      return; // it died waiting: reap() settles it
+    }
+    spare.attachedTo = client;
+    // The server still learns that the client went away.
+    client.watcher.start(UV_DISCONNECT);
+  }
+
+  private onSpareMessage(spare: Spare): void {
+    for (;;) {
+      let msg: { data: Buffer; fds: number[] } | null;
+      try {
+        msg = native.recvMsg(spare.sock, 64, 0);
+      } catch {
+        msg = { data: Buffer.alloc(0), fds: [] };
+      }
+      if (msg === null) return;
+      if (msg.data.length === 0) {
+        spare.watcher.stop(); // it ended: reap() settles it
+        return;
+      }
+      spare.fds.push(...msg.fds);
+      for (const byte of msg.data) {
+        if (byte === TAKEN) {
+          this.spareTaken(spare, spare.fds.shift() ?? -1);
+          return;
+        }
+        if (byte === RELEASED) this.spareReleased(spare);
+      }
+    }
+  }
+
+  /** The spare took its client's request: it is that client's child now. */
+  private spareTaken(spare: Spare, status: number): void {
+    const client = spare.attachedTo;
+    this.retireSpare(spare);
+    this.kids.set(spare.pid, status);
+    // The client's next request goes to the next spare.
+    if (client) this.lastClient = client;
+    this.attachSpare();
+    this.makeSpareSoon();
+  }
+
+  /** The attached client's connection ended (or broke its framing): that client is gone. */
+  private spareReleased(spare: Spare): void {
+    const client = spare.attachedTo;
+    spare.attachedTo = null;
+    spare.releasing = false;
+    if (client && this.clients.has(client.fd)) this.dropClient(client);
+    else this.attachSpare();
+  }
+
+  /** Forgets the spare; the client it was attached to is the server's to read again. */
+  private retireSpare(spare: Spare): void {
+    const i = this.spares.indexOf(spare);
+    if (i >= 0) this.spares.splice(i, 1);
+    spare.watcher.close();
+    closeFds([spare.sock, ...spare.fds.splice(0)]);
+    const client = spare.attachedTo;
+    spare.attachedTo = null;
+    if (client && this.clients.has(client.fd)) client.watcher.start(UV_READABLE | UV_DISCONNECT);
+  }
+
+  /** Hands a request the server read to the spare; false if there is none free or it died. */
   private assignSpare(payload: Buffer, status: number, childFds: number[]): boolean {
-    const spare = this.spare;
+    const spare = this.freeSpare();
     if (!spare) return false;
-    this.spare = null;
     try {
       const header = Buffer.alloc(ASSIGNMENT_HEADER);
       header.writeUInt32BE(payload.length, 0);
@@ -303,11 +421,12 @@ class Server {
     } catch (e) {
       // It died waiting (SIGCHLD reaps it): the caller forks instead.
       debug(`forkserver: spare ${spare.pid} unusable (${(e as Error).message})`);
-      closeFds([spare.sock]);
+      this.retireSpare(spare);
       this.kids.set(spare.pid, -1);
       return false;
     }
-    closeFds([spare.sock, ...childFds]);
+    this.retireSpare(spare);
+    closeFds(childFds);
     this.reportPid(spare.pid, status);
     return true;
   }
@@ -334,9 +453,13 @@ class Server {
         continue;
       }
       this.hadClient = true;
+      native.setNonblock(fd, true);
       const watcher = new native.FdWatcher(fd, () => this.onClientData(fd));
-      this.clients.set(fd, { fd, watcher, buffer: Buffer.alloc(0), fds: [] });
+      const client: ClientState = { fd, watcher, buffer: Buffer.alloc(0), fds: [] };
+      this.clients.set(fd, client);
       watcher.start(UV_READABLE | UV_DISCONNECT);
+      this.lastClient = client;
+      this.attachSpare();
     }
   }
 
@@ -357,9 +480,16 @@ class Server {
   private onClientData(fd: number): void {
     const client = this.clients.get(fd);
     if (!client) return;
+    const attached = this.spareAttachedTo(client);
+    if (attached) {
+      // Only hang-ups are watched while a spare reads this connection.
+      attached.attachedTo = null;
+      attached.releasing = true;
+      this.dropClient(client);
+      return;
+    }
     let msg: { data: Buffer; fds: number[] } | null;
     try {
-      native.setNonblock(fd, true);
       msg = native.recvMsg(fd, 256 * 1024);
     } catch {
       msg = { data: Buffer.alloc(0), fds: [] };
@@ -383,9 +513,11 @@ class Server {
         this.dropClient(client);
         return;
       }
+      this.lastClient = client;
       this.forkChild(payload, fds);
       if (this.inChild) return;
     }
+    this.attachSpare();
   }
 
   private forkChild(payload: Buffer, fds: number[]): void {
@@ -428,16 +560,22 @@ class Server {
     for (const c of this.clients.values()) c.watcher.close();
     closeFds([this.listenFd, ...this.clients.keys(), ...[...this.kids.values()].filter((fd) => fd >= 0)]);
     for (const c of this.clients.values()) closeFds(c.fds);
-    if (this.spare) closeFds([this.spare.sock]);
-    this.spare = null;
+    for (const spare of this.spares) {
+      spare.watcher.close();
+      closeFds([spare.sock, ...spare.fds]);
+    }
+    this.spares = [];
+    this.lastClient = null;
     this.clients.clear();
     this.kids.clear();
   }
 
   private readonly reap = (): void => {
-    if (this.spare && this.reapQuietly(this.spare.pid)) {
-      closeFds([this.spare.sock]);
-      this.spare = null;
+    for (const spare of [...this.spares]) {
+      // A spare that took a request and already ended sent TAKEN first: read it, so that
+      // the status is reported below rather than lost with the spare.
+      this.onSpareMessage(spare);
+      if (this.spares.includes(spare) && this.reapQuietly(spare.pid)) this.retireSpare(spare);
     }
     for (const [pid, status] of this.kids) {
       let code: number | null;
@@ -471,6 +609,7 @@ class Server {
   }
 
   private dropClient(client: ClientState): void {
+    if (this.lastClient === client) this.lastClient = null;
     client.watcher.close();
     closeFds([client.fd, ...client.fds]);
     this.clients.delete(client.fd);
@@ -537,15 +676,110 @@ function warmNodeInternals(): void {
   (process as unknown as { _tickCallback(): void })._tickCallback();
 }
 
+/**
+ * Reads exactly n bytes from a non-blocking socket (its flags are shared with the server's
+ * copy), waiting as needed; null at end of stream. Fds that arrive are appended to `fds`.
+ */
+function recvExactly(fd: number, n: number, fds: number[]): Buffer | null {
+  const parts: Buffer[] = [];
+  let got = 0;
+  while (got < n) {
+    let msg: { data: Buffer; fds: number[] } | null;
+    try {
+      msg = native.recvMsg(fd, Math.min(n - got, 1 << 24), -1);
+    } catch {
+      return null;
+    }
+    if (msg === null) continue;
+    fds.push(...msg.fds);
+    if (msg.data.length === 0) return null;
+    parts.push(msg.data);
+    got += msg.data.length;
+  }
+  return parts.length === 1 ? parts[0] : Buffer.concat(parts);
+}
+
+/** One request frame (as the server reads them) from a client's connection; null if it ended or broke framing. */
+function readRequest(conn: number): { payload: Buffer; fds: number[] } | null {
+  const fds: number[] = [];
+  const header = recvExactly(conn, 8, fds);
+  const payload = header ? recvExactly(conn, header.readUInt32BE(0), fds) : null;
+  if (!header || !payload || fds.length !== 4 + header.readUInt32BE(4)) {
+    closeFds(fds);
+    return null;
+  }
+  return { payload, fds };
+}
+
+/** The spare becomes the child of a request it read from its client's connection. */
+function takeRequest(sock: number, conn: number, request: { payload: Buffer; fds: number[] }): never {
+  const [status, stdin, stdout, stderr, ...launchFds] = request.fds;
+  closeFds([conn]);
+  // The server gets the status socket before the client learns our pid: whatever the
+  // client does next (kill right after start()), the server reports the exit status.
+  try {
+    native.sendMsg(sock, Buffer.from([TAKEN]), [status]);
+  } catch {
+    // The server is gone and nobody would report our exit status: leave without running
+    // (the client sees its status socket end, and retries with a new server).
+    native.exitNow(0);
+  }
+  // A dying server still had our TAKEN delivered (its last thread holds its fds a moment
+  // longer than its main thread lives); its death signal ends us before the client knows us.
+  outliveServer();
+  const reply = Buffer.alloc(4);
+  reply.writeInt32BE(native.getpid());
+  try {
+    native.write(status, reply);
+  } catch {
+    /* the client is gone */
+  }
+  closeFds([sock, status]);
+  takeStdio([stdin, stdout, stderr]);
+  runPreparedForkedChild(decodeLaunch(request.payload), launchFds);
+}
+
+/**
+ * Until it has a request, a spare dies with the server's main thread (Linux): a server
+ * being killed keeps its fds open until its last thread is gone, and a spare that took a
+ * request then would run a child whose exit status nobody reports. Elsewhere the end of
+ * `sock` tells it.
+ */
+function dieWithServer(serverPid: number): void {
+  if (native.setPdeathsig(9) && native.getppid() !== serverPid) native.exitNow(0);
+}
+
+/** A spare that became a child outlives the server, as a child the server forked does. */
+function outliveServer(): void {
+  native.setPdeathsig(0);
+}
+
 /** A spare's life: prepare, wait (blocking: it has nothing else to do) for a request, run it. */
-function runSpare(sock: number): never {
+function runSpare(sock: number, serverPid: number): never {
+  dieWithServer(serverPid);
   prepareLaunchedChild(true);
   warmSpare();
   native.setNonblock(sock, false);
-  let data: Buffer = Buffer.alloc(0);
-  const fds: number[] = [];
-  let need = ASSIGNMENT_HEADER;
+  let inbox: Buffer = Buffer.alloc(0);
+  const inboxFds: number[] = [];
+  let conn = -1; // the attached client's connection
   for (;;) {
+    const ready = native.pollFds(conn >= 0 ? [sock, conn] : [sock], -1);
+    // The server's messages first: its end (EOF) must win over a request, which a spare
+    // must not take once no server will report the child's exit status.
+    if (!ready.includes(sock)) {
+      if (conn < 0 || !ready.includes(conn)) continue;
+      const request = readRequest(conn);
+      if (request) takeRequest(sock, conn, request);
+      closeFds([conn]);
+      conn = -1;
+      try {
+        native.sendMsg(sock, Buffer.from([RELEASED]));
+      } catch {
+        native.exitNow(0);
+      }
+      continue;
+    }
     let msg: { data: Buffer; fds: number[] } | null;
     try {
       msg = native.recvMsg(sock, 64 * 1024, -1);
@@ -554,16 +788,27 @@ function runSpare(sock: number): never {
     }
     // EOF: the server ended (or gave up on us) before we were needed.
     if (!msg || msg.data.length === 0) native.exitNow(0);
-    data = data.length ? Buffer.concat([data, msg.data]) : msg.data;
-    fds.push(...msg.fds);
-    if (data.length >= ASSIGNMENT_HEADER) need = ASSIGNMENT_HEADER + data.readUInt32BE(0);
-    if (data.length >= need) break;
+    inbox = inbox.length ? Buffer.concat([inbox, msg.data]) : msg.data;
+    inboxFds.push(...msg.fds);
+    while (inbox.length >= ASSIGNMENT_HEADER) {
+      const length = inbox.readUInt32BE(0);
+      if (length === ATTACH) {
+        if (conn >= 0) closeFds([conn]);
+        conn = inboxFds.shift() ?? -1;
+        inbox = inbox.subarray(ASSIGNMENT_HEADER);
+        continue;
+      }
+      if (inbox.length < ASSIGNMENT_HEADER + length) break;
+      // An assignment: the server read the request itself.
+      outliveServer();
+      const nfds = inbox.readUInt32BE(4);
+      const fds = inboxFds.splice(0);
+      closeFds(conn >= 0 ? [sock, conn] : [sock]);
+      if (fds.length !== nfds || nfds < 3) native.exitNow(70);
+      takeStdio(fds.slice(0, 3));
+      runPreparedForkedChild(decodeLaunch(inbox.subarray(ASSIGNMENT_HEADER, ASSIGNMENT_HEADER + length)), fds.slice(3));
+    }
   }
-  closeFds([sock]);
-  const nfds = data.readUInt32BE(4);
-  if (fds.length !== nfds || nfds < 3) native.exitNow(70);
-  takeStdio(fds.slice(0, 3));
-  runPreparedForkedChild(decodeLaunch(data.subarray(ASSIGNMENT_HEADER, need)), fds.slice(3));
 }
 
 async function loadPreload(spec: string): Promise<void> {
