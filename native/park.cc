@@ -94,7 +94,7 @@ static void WorkerCount(const v8::FunctionCallbackInfo<v8::Value>& args) {
 }
 
 // True while V8 runs microtasks (a promise continuation): a fork there would leave
-// the child unable to run its own promises (see FreshMicrotaskQueue).
+// the child unable to run its own promises (PopenFork in src/popen_fork.ts defers it).
 static void InMicrotask(const v8::FunctionCallbackInfo<v8::Value>& args) {
   v8::Isolate* isolate = args.GetIsolate();
   v8::MicrotaskQueue* queue = isolate->GetCurrentContext()->GetMicrotaskQueue();
