@@ -94,10 +94,35 @@ export function inheritedForkserver(): LaunchData['forkserver'] {
 /**
  * The environment as one string of "K=V" entries joined by NUL: on the main thread one
  * native read of the C environment, which is what process.env reads and writes there (a
- * copy of process.env costs one native call per key, ~0.1-0.5 ms per launch).
+ * copy of process.env costs one native call per key, ~0.1-0.5 ms per launch). Not when
+ * process.env was replaced by a plain object (test runners do): the object is what counts.
  */
 function environBlock(): string {
-  return native.environBlock?.() ?? Object.entries(process.env).map(([k, v]) => `${k}=${v}`).join('\0');
+  const fromC = envIsNodes() ? native.environBlock?.() : null;
+  return fromC ?? Object.entries(process.env).map(([k, v]) => `${k}=${v}`).join('\0');
+}
+
+let probedEnv: object | null = null;
+let probedIsNodes = false;
+
+/** Whether process.env is Node's own (which stores every value as a string), probed once per object. */
+function envIsNodes(): boolean {
+  const env = process.env;
+  if (env !== probedEnv) {
+    probedEnv = env;
+    const key = '__node_multiprocessing_env_probe__';
+    if (Object.prototype.hasOwnProperty.call(env, key)) {
+      probedIsNodes = false;
+    } else {
+      try {
+        (env as Record<string, unknown>)[key] = 0;
+        probedIsNodes = typeof env[key] === 'string';
+      } finally {
+        delete env[key];
+      }
+    }
+  }
+  return probedIsNodes;
 }
 
 function parseEnvironBlock(block: string): Map<string, string> {

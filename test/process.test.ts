@@ -53,6 +53,7 @@ for (const method of methodsUnderTest()) {
       expect(out.before).to.deep.equal({ MP_ENV_GONE: 'set', MP_ENV_KEEP: 'kept', MP_ENV_CHANGED: 'old', MP_ENV_NEW: null });
       const after = { MP_ENV_GONE: null, MP_ENV_KEEP: 'kept', MP_ENV_CHANGED: 'new=value=with=equals', MP_ENV_NEW: 'äöü ✓' };
       expect(out.after).to.deep.equal(after);
+      expect(out.replaced).to.deep.equal({ ...after, MP_ENV_NEW: 'replaced' });
       if (method !== 'fork') {
         expect(out.fromWorker).to.deep.equal({ ...after, MP_ENV_KEEP: null, MP_ENV_NEW: 'set in the worker' });
       }
