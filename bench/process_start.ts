@@ -22,19 +22,24 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)];
 }
 
-async function measureMethod(method: mp.StartMethod, runs: number): Promise<Row> {
+/** stamp() as a self-contained function: it travels by source, so a child imports no module for it. */
+const stampBySource = (slot: BigInt64Array): void => {
+  slot[0] = process.hrtime.bigint();
+};
+
+async function measureMethod(method: mp.StartMethod, runs: number, target: (slot: BigInt64Array) => void = stamp): Promise<Row> {
   const ctx = mp.getContext(method);
   const slot = mp.RawArray('q', 1) as unknown as BigInt64Array;
   const running: number[] = [];
   const joined: number[] = [];
   // One warm-up start: the forkserver itself starts on first use.
-  const warm = new ctx.Process({ target: stamp, args: [slot] });
+  const warm = new ctx.Process({ target, args: [slot] });
   warm.start();
   await warm.join();
   for (let i = 0; i < runs; i++) {
     slot[0] = 0n;
     const t0 = process.hrtime.bigint();
-    const p = new ctx.Process({ target: stamp, args: [slot] });
+    const p = new ctx.Process({ target, args: [slot] });
     p.start();
     await p.join();
     const t2 = process.hrtime.bigint();
@@ -95,6 +100,8 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
   rows.push(measureForkInChild(runs));
   if (process.platform === 'linux') rows.push(measureForkInChild(runs, ['--use-largepages=on']));
   rows.push(await measureMethod('forkserver', runs));
+  const bySource = await measureMethod('forkserver', runs, stampBySource);
+  rows.push({ ...bySource, name: `${bySource.name}, target sent by source` });
   rows.push(JSON.parse(execFileSync(process.execPath, [__filename, '--preloaded', String(runs)], { encoding: 'utf8' })) as Row);
   rows.push(await measureMethod('spawn', Math.min(runs, 15)));
   rows.push(await measureChildProcessFork(Math.min(runs, 15)));
