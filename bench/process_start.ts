@@ -98,7 +98,10 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
   const runs = Number(argv[0] ?? 30);
   const rows: Row[] = [];
   rows.push(measureForkInChild(runs));
-  if (process.platform === 'linux') rows.push(measureForkInChild(runs, ['--use-largepages=on']));
+  // Node 26 dropped --use-largepages (it warns and ignores it).
+  if (process.platform === 'linux' && Number(process.versions.node.split('.')[0]) < 26) {
+    rows.push(measureForkInChild(runs, ['--use-largepages=on']));
+  }
   rows.push(await measureMethod('forkserver', runs));
   const bySource = await measureMethod('forkserver', runs, stampBySource);
   rows.push({ ...bySource, name: `${bySource.name}, target sent by source` });
