@@ -217,6 +217,29 @@ if (methodsUnderTest().includes('forkserver')) {
       expect(forkServer.serverPid).to.equal(server);
     });
 
+    it('hands a request to the attached spare itself: a child starts while the server is stopped', async () => {
+      const warm = new ctx.Process({ target: t.sleepFor, args: [1] });
+      warm.start();
+      await within(warm.join(), 15_000, 'join');
+      const server = forkServer.serverPid!;
+      // Once the replacement is forked, the other spare has been attached to this client.
+      await waitUntil(() => childrenOf(server).length === 2, 5000, 'the server to fork its spares');
+      const spares = childrenOf(server);
+      const file = tmpFile('direct');
+      const p = new ctx.Process({ target: t.writeInfo, args: [file, 'direct'] });
+      process.kill(server, 'SIGSTOP');
+      try {
+        p.start();
+        expect(spares).to.include(p.pid);
+        await waitUntil(() => fs.existsSync(file), 10_000, 'the child to run its target');
+      } finally {
+        process.kill(server, 'SIGCONT');
+      }
+      await within(p.join(), 15_000, 'join');
+      expect(p.exitCode).to.equal(0);
+      expect(readJson(file).extra).to.equal('direct');
+    });
+
     it('serves a burst of starts (spares, then forks) with every pid and exit status right', async () => {
       const procs = Array.from({ length: 8 }, (_, i) => new ctx.Process({ target: t.exitWith, args: [10 + i] }));
       for (const q of procs) q.start();
