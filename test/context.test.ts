@@ -117,6 +117,21 @@ if (methodsUnderTest().includes('forkserver')) {
     this.timeout(30_000);
     const ctx = mp.getContext('forkserver');
 
+    /** Runs a short child to the end: the server is up (and its spares are being forked). */
+    async function runOneChild(): Promise<void> {
+      const warm = new ctx.Process({ target: t.sleepFor, args: [1] });
+      warm.start();
+      await within(warm.join(), 15_000, 'join');
+    }
+
+    /** The running server's pid and its two spares, once both are forked. */
+    async function serverWithSpares(): Promise<{ server: number; spares: number[] }> {
+      await runOneChild();
+      const server = forkServer.serverPid!;
+      await waitUntil(() => childrenOf(server).length === 2, 5000, 'the server to fork its spares');
+      return { server, spares: childrenOf(server) };
+    }
+
     it('runs children of its own, reports their pid and status to the client', async () => {
       const file = tmpFile('fsinfo');
       const p = new ctx.Process({ target: t.writeInfo, args: [file, null] });
@@ -130,9 +145,7 @@ if (methodsUnderTest().includes('forkserver')) {
     });
 
     it('restarts transparently when the server is killed', async () => {
-      const warm = new ctx.Process({ target: t.sleepFor, args: [1] });
-      warm.start();
-      await within(warm.join(), 15_000, 'join');
+      await runOneChild();
       const old = forkServer.serverPid!;
       process.kill(old, 'SIGKILL');
       await waitUntil(() => !pidAlive(old), 5000, 'the server to die');
@@ -144,9 +157,7 @@ if (methodsUnderTest().includes('forkserver')) {
     });
 
     it('outlives SIGINT (Ctrl-C reaches the whole process group), as Python\'s does', async () => {
-      const warm = new ctx.Process({ target: t.sleepFor, args: [1] });
-      warm.start();
-      await within(warm.join(), 15_000, 'join');
+      await runOneChild();
       const server = forkServer.serverPid!;
       const p = new ctx.Process({ target: t.sleepFor, args: [20_000] });
       p.start();
@@ -190,12 +201,7 @@ if (methodsUnderTest().includes('forkserver')) {
     });
 
     it('hands each request to a spare forked in advance, and copes with dead spares', async () => {
-      const warm = new ctx.Process({ target: t.sleepFor, args: [1] });
-      warm.start();
-      await within(warm.join(), 15_000, 'join');
-      const server = forkServer.serverPid!;
-      await waitUntil(() => childrenOf(server).length === 2, 5000, 'the server to fork its spares');
-      const spares = childrenOf(server);
+      const { server, spares } = await serverWithSpares();
       const p = new ctx.Process({ target: t.exitWith, args: [4] });
       p.start();
       expect(spares).to.include(p.pid);
@@ -218,13 +224,8 @@ if (methodsUnderTest().includes('forkserver')) {
     });
 
     it('hands a request to the attached spare itself: a child starts while the server is stopped', async () => {
-      const warm = new ctx.Process({ target: t.sleepFor, args: [1] });
-      warm.start();
-      await within(warm.join(), 15_000, 'join');
-      const server = forkServer.serverPid!;
       // Once the replacement is forked, the other spare has been attached to this client.
-      await waitUntil(() => childrenOf(server).length === 2, 5000, 'the server to fork its spares');
-      const spares = childrenOf(server);
+      const { server, spares } = await serverWithSpares();
       const file = tmpFile('direct');
       const p = new ctx.Process({ target: t.writeInfo, args: [file, 'direct'] });
       process.kill(server, 'SIGSTOP');
