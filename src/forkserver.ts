@@ -244,6 +244,9 @@ interface Spare {
   fds: number[];
 }
 
+/** Fds every request carries before its launch fds: status socket, stdin, stdout, stderr. */
+const REQUEST_FDS = 4;
+
 /** Frame header of an assignment to a spare: payload length, fd count. */
 const ASSIGNMENT_HEADER = 8;
 /** In an assignment header's length field: an ATTACH message (one fd: the connection). */
@@ -507,8 +510,8 @@ class Server {
       if (client.buffer.length < 8 + length) return;
       const payload = client.buffer.subarray(8, 8 + length);
       client.buffer = client.buffer.subarray(8 + length);
-      const fds = client.fds.splice(0, 4 + fdCount);
-      if (fds.length !== 4 + fdCount) {
+      const fds = client.fds.splice(0, REQUEST_FDS + fdCount);
+      if (fds.length !== REQUEST_FDS + fdCount) {
         closeFds(fds);
         this.dropClient(client);
         return;
@@ -704,7 +707,7 @@ function readRequest(conn: number): { payload: Buffer; fds: number[] } | null {
   const fds: number[] = [];
   const header = recvExactly(conn, 8, fds);
   const payload = header ? recvExactly(conn, header.readUInt32BE(0), fds) : null;
-  if (!header || !payload || fds.length !== 4 + header.readUInt32BE(4)) {
+  if (!header || !payload || fds.length !== REQUEST_FDS + header.readUInt32BE(4)) {
     closeFds(fds);
     return null;
   }
