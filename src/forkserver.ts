@@ -16,7 +16,7 @@ import { ParentProcess } from './process';
 import { dumps, loads } from './reduction';
 import { ensureForkSupport, native, UV_DISCONNECT, UV_READABLE, type FdWatcherHandle } from './native';
 import { childExecArgv, frameLaunch, getExecutable } from './popen_spawn';
-import { decodeLaunch, inheritedForkserver, prepareLaunchedChild, runLaunchedChild, runPreparedForkedChild } from './spawn';
+import { decodeLaunch, inheritedForkserver, prepareLaunchedChild, runLaunchedChild, runPreparedForkedChild, usePidAccessors } from './spawn';
 import { callFromIoCallback, closeFds, debug, lazyChildProcess, lazyCrypto, registerAfterFork } from './util';
 
 const CHALLENGE_BYTES = 32;
@@ -835,6 +835,7 @@ export async function serverMain(): Promise<void> {
     process.stderr.write(`node-multiprocessing forkserver: ${why}\n`);
     process.exit(1);
   }
+  usePidAccessors();
   for (const name of config.builtins) {
     try {
       // eslint-disable-next-line @typescript-eslint/no-require-imports

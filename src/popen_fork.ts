@@ -2,7 +2,7 @@
 // exit-watching logic the other start methods share.
 import { native, ensureForkSupport, inMicrotask, UV_DISCONNECT, UV_READABLE, type FdWatcherHandle } from './native';
 import type { Popen, Process } from './process';
-import { runForkedChild, warmForkedChildPath } from './spawn';
+import { forkDone, forkedChildKit, runForkedChild, warmForkedChildPath } from './spawn';
 import { callFromIoCallback, closeFds, isSingleThreaded, pollTimeout, registerAfterFork } from './util';
 
 // ---------------------------------------------------------------------------
@@ -178,12 +178,13 @@ export class PopenFork extends PopenBase {
 
   private doFork(proc: Process): void {
     warmForkedChildPath();
-    const aliveFd = aliveReadFd();
     const [r, w] = native.pipe();
+    const kit = forkedChildKit(aliveReadFd());
     let pid: number;
     try {
       pid = native.fork();
     } catch (e) {
+      forkDone(kit);
       closeFds([r, w]);
       throw e;
     }
@@ -191,12 +192,13 @@ export class PopenFork extends PopenBase {
       // The child must never return into the parent's code, even on an error here.
       try {
         native.close(r);
-        runForkedChild(proc, aliveFd, w);
+        runForkedChild(proc, kit, w);
       } catch (e) {
         process.stderr.write(`Process ${proc.name}: failed to start in the forked child: ${(e as Error)?.stack ?? e}\n`);
       }
       native.exitNow(70);
     }
+    forkDone(kit);
     native.close(w);
     this.pid = pid;
     this.sentinel = r;

@@ -219,11 +219,28 @@ function exitProcess(code: number): never {
   process.exit(code);
 }
 
+/** This process's pid, which process.pid reports once usePidAccessors() ran. */
+let ownPid = 0;
+let pidAccessors = false;
+
+/**
+ * Makes process.pid and process.ppid getters, once, in a process that forks (before its
+ * first fork): its forked children then only set ownPid (redefining process.pid there, on
+ * Node's dictionary-mode process object, cost each child ~0.1 ms). ppid reads getppid()
+ * each time, as Python's os.getppid() does: a child sees its parent die.
+ */
+export function usePidAccessors(): void {
+  if (pidAccessors) return;
+  ownPid = native.getpid();
+  Object.defineProperty(process, 'pid', { get: () => ownPid, configurable: true, enumerable: true });
+  Object.defineProperty(process, 'ppid', { get: () => native.getppid(), configurable: true, enumerable: true });
+  pidAccessors = true;
+}
+
 /** Makes a forked copy of Node safe to run JS in: fresh pids, exit through _exit. */
 export function prepareForkedProcess(): void {
-  const pid = native.getpid();
-  Object.defineProperty(process, 'pid', { value: pid, configurable: true, enumerable: true, writable: true });
-  Object.defineProperty(process, 'ppid', { get: () => native.getppid(), configurable: true, enumerable: true });
+  if (pidAccessors) ownPid = native.getpid();
+  else usePidAccessors();
   // process.exit() ends in process.reallyExit(); Node's own teardown crashes in a fork.
   (process as unknown as { reallyExit(code: number): void }).reallyExit = (code: number) => native.exitNow(code);
   runAfterForkHooks();
@@ -234,7 +251,9 @@ const inheritedEvents = ['exit', 'beforeExit', 'uncaughtException', 'unhandledRe
   'SIGINT', 'SIGTERM', 'SIGHUP', 'SIGCHLD', 'SIGUSR2', 'SIGPIPE', 'SIGWINCH', 'message', 'disconnect'] as const;
 
 function dropInheritedListeners(): void {
-  for (const ev of inheritedEvents) process.removeAllListeners(ev);
+  // Only where there are some: each first call of Node's code costs a forked child.
+  const events = (process as unknown as { _events?: Record<string, unknown> })._events;
+  for (const ev of inheritedEvents) if (events?.[ev] !== undefined) process.removeAllListeners(ev);
 }
 
 function installFailureHandlers(exit: (code: number) => void): void {
@@ -265,6 +284,15 @@ const OPAQUE_RESOURCE = { deref: (): Resource => OPAQUE };
 /** Collected (closed, finished), or a Timeout or Immediate that ran. */
 const finished = (r: Resource | undefined): boolean => r === undefined || r._destroyed === true;
 
+/** What a 'fork' child tracks: resources it created itself (see createResourceTracker). */
+interface ResourceTracker {
+  hook: async_hooks.AsyncHook;
+  /** Whether the child still has work of its own (a ref'ed handle, a pending timer or request). */
+  ownWork: () => boolean;
+  /** Forgets everything seen (the parent's copy, after the fork). */
+  clear: () => void;
+}
+
 /**
  * Resources (timers, sockets, requests) the child creates after the fork, held weakly: an
  * open handle, a pending timer or request is held by Node itself, so an entry whose
@@ -272,7 +300,7 @@ const finished = (r: Resource | undefined): boolean => r === undefined || r._des
  * trackPromises it makes Node watch every promise's collection (a weak callback each),
  * and 200,000 awaits in a child took 240 ms instead of 110 ms (26 ms with no hook).
  */
-function trackOwnResources(): () => boolean {
+function createResourceTracker(): ResourceTracker {
   const live = new Map<number, { deref(): Resource | undefined }>();
   const ignored = new Set(['PROMISE', 'TickObject', 'Microtask', 'ELDHISTOGRAM']);
   let pruneAt = 1024;
@@ -280,23 +308,21 @@ function trackOwnResources(): () => boolean {
     for (const [id, ref] of live) if (finished(ref.deref())) live.delete(id);
     pruneAt = Math.max(1024, 2 * live.size);
   };
-  async_hooks
-    .createHook({
-      init(id, type, _trigger, resource) {
-        if (ignored.has(type)) return;
-        live.set(id, typeof resource === 'object' && resource !== null ? new WeakRef(resource as Resource) : OPAQUE_RESOURCE);
-        if (live.size >= pruneAt) prune();
-      },
-      // A request (no hasRef: crypto, fs, dns jobs...) is done once its callback ran.
-      after(id) {
-        const r = live.get(id)?.deref();
-        if (r !== undefined && typeof r.hasRef !== 'function') live.delete(id);
-      },
-      ...NO_PROMISE_HOOKS,
-    } as async_hooks.HookCallbacks)
-    .enable();
+  const hook = async_hooks.createHook({
+    init(id, type, _trigger, resource) {
+      if (ignored.has(type)) return;
+      live.set(id, typeof resource === 'object' && resource !== null ? new WeakRef(resource as Resource) : OPAQUE_RESOURCE);
+      if (live.size >= pruneAt) prune();
+    },
+    // A request (no hasRef: crypto, fs, dns jobs...) is done once its callback ran.
+    after(id) {
+      const r = live.get(id)?.deref();
+      if (r !== undefined && typeof r.hasRef !== 'function') live.delete(id);
+    },
+    ...NO_PROMISE_HOOKS,
+  } as async_hooks.HookCallbacks);
   const types = new Map<number, string>();
-  return () => {
+  const ownWork = (): boolean => {
     for (const [id, ref] of live) {
       const r = ref.deref();
       if (finished(r)) {
@@ -315,6 +341,38 @@ function trackOwnResources(): () => boolean {
     }
     return false;
   };
+  return { hook, ownWork, clear: () => { live.clear(); types.clear(); } };
+}
+
+/** What a 'fork' child needs before its target, made in the parent (forkedChildKit()). */
+export interface ForkedChildKit {
+  parentInfo: ParentProcess;
+  tracker: ResourceTracker;
+}
+
+let kit: ForkedChildKit | null = null;
+
+/**
+ * Call just before fork(), then forkDone() in the parent. A forked child is a cold copy:
+ * every page it writes first costs a copy-on-write fault, every function it calls first
+ * a few more, so its ParentProcess and resource tracker made there cost it ~0.4 ms of its
+ * start (~0.1 ms here, once). The tracker's hook is on only from here to forkDone(): the
+ * child starts with it on, and nothing in between makes an async resource in the parent.
+ */
+export function forkedChildKit(aliveFd: number): ForkedChildKit {
+  const name = currentProcess().name;
+  const pid = native.getpid();
+  if (!kit || kit.parentInfo.pid !== pid || kit.parentInfo.name !== name || kit.parentInfo.sentinel !== aliveFd) {
+    kit = { parentInfo: new ParentProcess(pid, name, aliveFd), tracker: kit?.tracker ?? createResourceTracker() };
+  }
+  kit.tracker.hook.enable();
+  return kit;
+}
+
+/** In the parent, after fork() returned or failed. */
+export function forkDone(used: ForkedChildKit): void {
+  used.tracker.hook.disable();
+  used.tracker.clear();
 }
 
 /**
@@ -357,8 +415,9 @@ let childPathWarmed = false;
 export function warmForkedChildPath(): void {
   if (childPathWarmed) return;
   childPathWarmed = true;
+  usePidAccessors();
   const noop = () => {};
-  // The same kinds of callbacks as the child's own hook (trackOwnResources).
+  // The same kinds of callbacks as the child's own hook (createResourceTracker).
   const hook = async_hooks.createHook({ init: noop, after: noop, ...NO_PROMISE_HOOKS } as async_hooks.HookCallbacks);
   hook.enable();
   void Promise.resolve().then(noop).then(() => hook.disable());
@@ -369,17 +428,19 @@ export function warmForkedChildPath(): void {
   process.removeListener('uncaughtException', noop);
 }
 
-export function runForkedChild(proc: Process, aliveFd: number, lifelineFd: number): never {
-  const parentInfo = new ParentProcess(native.getppid(), currentProcess().name, aliveFd);
+/** The rest of a 'fork' child's life, from inside the call that forked; never returns. */
+export function runForkedChild(proc: Process, childKit: ForkedChildKit, lifelineFd: number): never {
+  kit = null;  // this one is in use here: children of this child get their own
+  const { parentInfo, tracker } = childKit;
   prepareForkedProcess();
   dropInheritedListeners();
   addLifelineFd(lifelineFd);
   becomeChild(proc, parentInfo);
-  if (proc.daemon) native.watchParentDeath(aliveFd);
+  if (proc.daemon) native.watchParentDeath(parentInfo.sentinel);
   installFailureHandlers(exitProcess);
-  // Inherited handles (the parent's servers, timers) must not keep the child alive.
-  const ownWork = trackOwnResources();
-  driveForkedChild(runBody(proc), ownWork);
+  // Inherited handles (the parent's servers, timers) must not keep the child alive: only
+  // what the tracker saw created since the fork does.
+  driveForkedChild(runBody(proc), tracker.ownWork);
 }
 
 // ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import * as t from './fixtures/targets';
 import * as async_hooks from 'node:async_hooks';
 import * as nodeModule from 'node:module';
 import { methodsUnderTest, openFdCount, pidAlive, readJson, runScenario, tmpFile, waitUntil, within } from './helpers';
+import { native } from '../src/native';
 
 for (const method of methodsUnderTest()) {
   describe(`Process under '${method}'`, function () {
@@ -258,6 +259,18 @@ for (const method of methodsUnderTest()) {
       expect(info.extra).to.equal('grandchild');
       expect(info.parentPid).to.equal(p.pid);
       expect(info.name).to.match(/^Process-\d+:1$/);
+    });
+
+    it('lets a child and its own child both live on for their own timers', async () => {
+      const file = tmpFile('linger-grand');
+      const p = new ctx.Process({ target: t.startLingeringGrandchild, args: [file, method] });
+      p.start();
+      await within(p.join(), 20_000, 'join');
+      expect(p.exitCode).to.equal(0);
+      const info = readJson(file);
+      expect(info).to.include({ grandchildFired: true, grandchildExit: 0, pid: p.pid });
+      if (info.kernelPid !== null) expect(info.kernelPid).to.equal(p.pid);
+      expect(process.pid).to.equal(native.getpid());
     });
 
     it('forbids a daemonic process to have children', async () => {
