@@ -30,6 +30,8 @@ typedef void (*VoidFn)();
 ParkFn park_threads = nullptr;
 VoidFn unpark_threads = nullptr;
 VoidFn park_after_fork_child = nullptr;
+VoidFn park_begin = nullptr;   // optional: parking starts while JS prepares the fork
+VoidFn park_cancel = nullptr;
 
 // V8 marks its heap MADV_DONTFORK; without this pass a forked child has no heap.
 // The first pass goes range by range through /proc/self/maps (~0.3 ms here) and
@@ -130,8 +132,11 @@ Napi::Value Fork(const Napi::CallbackInfo& info) {
   sigaddset(&sigint_set, SIGINT);
   if (default_sigint) pthread_sigmask(SIG_BLOCK, &sigint_set, &old_mask);
   uv_loop_t* loop = nullptr;
-  if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr)
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
+    if (park_cancel) park_cancel();
+    if (default_sigint) pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
     throw Napi::Error::New(env, "fork: cannot get the event loop");
+  }
   MadviseDoforkAll();
   if (park_threads) {
     int r = park_threads(park_timeout);
@@ -176,7 +181,22 @@ Napi::Value SetParkLibrary(const Napi::CallbackInfo& info) {
   park_threads = p;
   unpark_threads = u;
   park_after_fork_child = c;
+  park_begin = reinterpret_cast<VoidFn>(dlsym(h, "mp_park_begin"));
+  park_cancel = reinterpret_cast<VoidFn>(dlsym(h, "mp_park_cancel"));
+  if (!park_begin || !park_cancel) park_begin = park_cancel = nullptr;
   return Napi::Boolean::New(env, true);
+}
+
+// forkSoon() before preparing a fork lets the platform's workers park meanwhile; fork()
+// then finds them parked. forkCancelled() if the fork will not happen after all.
+Napi::Value ForkSoon(const Napi::CallbackInfo& info) {
+  if (park_begin) park_begin();
+  return info.Env().Undefined();
+}
+
+Napi::Value ForkCancelled(const Napi::CallbackInfo& info) {
+  if (park_cancel) park_cancel();
+  return info.Env().Undefined();
 }
 
 // setSigintIgnored(ignored): the forkserver outlives Ctrl-C, which reaches its whole process
@@ -386,6 +406,8 @@ void InitProcess(Napi::Env env, Napi::Object exports) {
   exports.Set("fork", Napi::Function::New(env, Fork, "fork"));
   exports.Set("setSigintIgnored", Napi::Function::New(env, SetSigintIgnored, "setSigintIgnored"));
   exports.Set("setParkLibrary", Napi::Function::New(env, SetParkLibrary, "setParkLibrary"));
+  exports.Set("forkSoon", Napi::Function::New(env, ForkSoon, "forkSoon"));
+  exports.Set("forkCancelled", Napi::Function::New(env, ForkCancelled, "forkCancelled"));
   exports.Set("exitNow", Napi::Function::New(env, ExitNow, "exitNow"));
   exports.Set("waitpid", Napi::Function::New(env, WaitPid, "waitpid"));
   exports.Set("waitpidNoReap", Napi::Function::New(env, WaitPidNoReap, "waitpidNoReap"));

@@ -16,7 +16,8 @@ node::MultiIsolatePlatform* platform = nullptr;
 sem_t arrived;     // posted by each worker thread once it is parked
 sem_t released;    // posted by the main thread to let the parked workers go
 int parked = 0;    // workers currently parked (parent side)
-int stale = 0;     // park tasks from a timed-out attempt that have not arrived yet
+int stale = 0;     // park tasks from a timed-out or cancelled attempt that have not arrived yet
+int posted = 0;    // park tasks posted ahead by mp_park_begin, not yet waited for
 bool threads_gone = false;  // true in a forked child: the workers do not exist there
 
 class ParkTask : public v8::Task {
@@ -38,6 +39,22 @@ bool WaitUntil(sem_t* s, const struct timespec* deadline) {
 
 extern "C" {
 
+// Posts the park tasks ahead of mp_park_threads, so that the workers wake and park while
+// the main thread still prepares the fork (their wake-ups took ~0.1 ms of each fork).
+__attribute__((visibility("default"))) void mp_park_begin() {
+  if (platform == nullptr || threads_gone || posted > 0 || parked > 0 || stale > 0) return;
+  int n = platform->NumberOfWorkerThreads();
+  for (int i = 0; i < n; i++) platform->CallOnWorkerThread(std::make_unique<ParkTask>());
+  posted = n;
+}
+
+// The fork mp_park_begin prepared will not happen: the tasks pass straight through.
+__attribute__((visibility("default"))) void mp_park_cancel() {
+  for (int i = 0; i < posted; i++) sem_post(&released);
+  stale += posted;
+  posted = 0;
+}
+
 // Blocks until every platform worker thread is parked inside a ParkTask.
 // Returns the number parked, or -errno (ETIMEDOUT if a worker stayed busy).
 __attribute__((visibility("default"))) int mp_park_threads(int timeout_ms) {
@@ -54,9 +71,10 @@ __attribute__((visibility("default"))) int mp_park_threads(int timeout_ms) {
   // Node counts its delayed-task scheduler thread among the "worker threads"
   // (node_platform.cc pushes it into threads_), and that thread never runs tasks:
   // n - 1 tasks must arrive; an n-th one is taken if it is already there.
-  int n = platform->NumberOfWorkerThreads();
+  if (posted == 0) mp_park_begin();
+  int n = posted;
+  posted = 0;
   int must = n > 0 ? n - 1 : 0;
-  for (int i = 0; i < n; i++) platform->CallOnWorkerThread(std::make_unique<ParkTask>());
   int got = 0;
   for (; got < must; got++) {
     if (!WaitUntil(&arrived, &deadline)) {
@@ -82,6 +100,7 @@ __attribute__((visibility("default"))) void mp_park_after_fork_child() {
   threads_gone = true;
   parked = 0;
   stale = 0;
+  posted = 0;
   sem_init(&arrived, 0, 0);
   sem_init(&released, 0, 0);
 }

@@ -27,6 +27,10 @@ export interface NativeBinding {
   /** POSIX only: SIGINT ignored (the forkserver) or back to its default. */
   setSigintIgnored?(ignored: boolean): void;
   setParkLibrary(path: string): boolean;
+  /** Before preparing a fork: the platform's workers start parking meanwhile (fork() then finds them parked). */
+  forkSoon(): void;
+  /** The fork announced by forkSoon() will not happen. */
+  forkCancelled(): void;
   exitNow(code: number): never;
   waitpid(pid: number, block?: boolean): number | null;
   waitpidNoReap(pid: number, block?: boolean): number | null;

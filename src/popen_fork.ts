@@ -2,7 +2,7 @@
 // exit-watching logic the other start methods share.
 import { native, ensureForkSupport, inMicrotask, UV_DISCONNECT, UV_READABLE, type FdWatcherHandle } from './native';
 import type { Popen, Process } from './process';
-import { forkDone, forkedChildKit, runForkedChild, warmForkedChildPath } from './spawn';
+import { forkDone, forkedChildKit, runForkedChild, warmForkedChildPath, type ForkedChildKit } from './spawn';
 import { callFromIoCallback, closeFds, isSingleThreaded, pollTimeout, registerAfterFork } from './util';
 
 // ---------------------------------------------------------------------------
@@ -177,9 +177,20 @@ export class PopenFork extends PopenBase {
   }
 
   private doFork(proc: Process): void {
-    warmForkedChildPath();
-    const [r, w] = native.pipe();
-    const kit = forkedChildKit(aliveReadFd());
+    // The platform's workers park (FORK.md item 5) while this prepares the fork.
+    native.forkSoon();
+    let pipe: number[] = [];
+    let kit: ForkedChildKit;
+    try {
+      warmForkedChildPath();
+      pipe = native.pipe();
+      kit = forkedChildKit(aliveReadFd());
+    } catch (e) {
+      native.forkCancelled();
+      closeFds(pipe);
+      throw e;
+    }
+    const [r, w] = pipe;
     let pid: number;
     try {
       pid = native.fork();
