@@ -47,10 +47,7 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
   }
 
   ~FdWatcher() override {
-    {
-      std::lock_guard<std::mutex> lock(g_watchers_mutex);
-      g_watchers.erase(this);
-    }
+    Forget();
     CloseHandle();
   }
 
@@ -97,7 +94,15 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
   Napi::Value Close(const Napi::CallbackInfo& info) {
     StopHandle();
     CloseHandle();
+    // Closed: nothing for a forked child to stop. (Left in the set until the GC took the
+    // object, closed watchers piled up, and each fork went through them all.)
+    Forget();
     return info.Env().Undefined();
+  }
+
+  void Forget() {
+    std::lock_guard<std::mutex> lock(g_watchers_mutex);
+    g_watchers.erase(this);
   }
 
   void StopHandle() {
