@@ -57,6 +57,11 @@ export class BaseContext {
     this.Process = callable(ContextProcess) as unknown as typeof Process;
   }
 
+  /** @internal This context's own start method; null for the default context (it follows setStartMethod). */
+  get _fixedMethod(): StartMethod | null {
+    return this.method;
+  }
+
   /** This context's start method (the default context: the one in force). */
   getStartMethod(): StartMethod {
     return this.method ?? defaultMethod();

@@ -87,7 +87,8 @@ export class Process<A extends unknown[] = unknown[]> {
       authkey: pstate.authkey,
       parentPid: native.getpid(),
       context: context ?? null,
-      callerUrl: captureCallerUrl(),
+      // Where the caller is, for sending the target by reference; a 'fork' child needs none.
+      callerUrl: context?._fixedMethod === 'fork' ? null : captureCallerUrl(),
       popen: null,
       closed: false,
       childCounter: 0,
