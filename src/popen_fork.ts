@@ -30,6 +30,37 @@ registerAfterFork(() => {
   liveWatchers.clear();
 });
 
+// ---------------------------------------------------------------------------
+// worker_threads at a fork: only the forking thread exists in the child, and a worker
+// may hold a process-wide lock at that moment, which the child then waits for for ever.
+// Python 3.12+ warns when a multi-threaded process forks; so do we, once, when a worker
+// started after this library loaded is running (process 'worker' event).
+
+let workersOf = { pid: 0, live: new Set<object>() };
+
+if (isSingleThreaded()) {
+  process.on('worker', (worker) => {
+    // A forked child inherits the parent's set: those workers do not exist in it.
+    if (workersOf.pid !== process.pid) workersOf = { pid: process.pid, live: new Set() };
+    const { live } = workersOf;
+    live.add(worker);
+    worker.once('exit', () => live.delete(worker));
+  });
+}
+
+let warnedOfWorkers = false;
+
+function warnIfWorkersRun(): void {
+  if (warnedOfWorkers || workersOf.pid !== process.pid || workersOf.live.size === 0) return;
+  warnedOfWorkers = true;
+  process.emitWarning(
+    `fork() while ${workersOf.live.size} worker thread(s) run: only the thread that forks exists in the child, ` +
+      'and a worker holding a process-wide lock at that moment would block the child for ever. ' +
+      "Start processes before starting workers, or use the 'forkserver' start method.",
+    { type: 'MultiprocessingWarning', code: 'MP_FORK_WITH_WORKERS' },
+  );
+}
+
 /** Closes sentinel fds of Process objects dropped without close(). */
 const sentinelFinalizer = new FinalizationRegistry<number[]>((fds) => closeFds(fds));
 
@@ -210,6 +241,8 @@ export class PopenFork extends PopenBase {
       native.exitNow(70);
     }
     forkDone(kit);
+    // After the fork: a warning queued before it would be emitted by the child too.
+    warnIfWorkersRun();
     native.close(w);
     this.pid = pid;
     this.sentinel = r;

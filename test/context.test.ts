@@ -271,6 +271,15 @@ if (methodsUnderTest().includes('fork')) {
       expect(out.served.every((pid) => pid === out.served[0])).to.equal(true);
       expect(out.served).to.have.length(20);
     });
+
+    it('warns once when it forks while a worker thread runs (as Python does for threads)', async () => {
+      const r = await runScenario('fork_with_worker.js', [], { singleThreaded: true });
+      const out = JSON.parse(r.stdout) as { codes: string[]; exits: Array<number | null> };
+      expect(out.exits).to.deep.equal([0, 0, 0]);
+      expect(out.codes).to.deep.equal(['MP_FORK_WITH_WORKERS']);
+      // Printed by the parent only: a child does not emit it again.
+      expect(r.stderr.match(/MultiprocessingWarning: fork\(\) while 1 worker thread/g)).to.have.length(1);
+    });
   });
 }
 
