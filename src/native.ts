@@ -27,6 +27,8 @@ export interface NativeBinding {
   /** POSIX only: SIGINT ignored (the forkserver) or back to its default. */
   setSigintIgnored?(ignored: boolean): void;
   setParkLibrary(path: string): boolean;
+  /** After a fork, in the parent: V8's heap pages get their MADV_DONTFORK back (see fork.cc); returns how many ranges. */
+  restoreDontfork(): number;
   /** Before preparing a fork: the platform's workers start parking meanwhile (fork() then finds them parked). */
   forkSoon(): void;
   /** The fork announced by forkSoon() will not happen. */

@@ -48,6 +48,28 @@ if (isSingleThreaded()) {
   });
 }
 
+let restoreTimer: NodeJS.Timeout | null = null;
+
+/**
+ * The fork made V8's heap pages inheritable (MADV_DOFORK, FORK.md). Once this process has
+ * not forked for RESTORE_AFTER_MS they get V8's MADV_DONTFORK back, so that Node's own
+ * child_process spawns (fork + exec) do not copy the heap's page tables (fork.cc:
+ * restoreDontfork). Not at once: the next fork would flip them all again (~0.8 ms per
+ * fork with a 200 MB heap here, back to back).
+ */
+const RESTORE_AFTER_MS = 50;
+
+function restoreDontforkLater(): void {
+  if (restoreTimer) {
+    restoreTimer.refresh();
+    return;
+  }
+  restoreTimer = setTimeout(() => {
+    restoreTimer = null;
+    native.restoreDontfork();
+  }, RESTORE_AFTER_MS).unref();
+}
+
 let warnedOfWorkers = false;
 
 function warnIfWorkersRun(): void {
@@ -241,6 +263,7 @@ export class PopenFork extends PopenBase {
       native.exitNow(70);
     }
     forkDone(kit);
+    restoreDontforkLater();
     // After the fork: a warning queued before it would be emitted by the child too.
     warnIfWorkersRun();
     native.close(w);

@@ -272,6 +272,26 @@ if (methodsUnderTest().includes('fork')) {
       expect(out.served).to.have.length(20);
     });
 
+    if (process.platform === 'linux') {
+      it("gives V8's heap pages their MADV_DONTFORK back after a fork, and no other memory", async () => {
+        const r = await runScenario('fork_dontfork.js', [], { singleThreaded: true });
+        type Range = { start: string; end: string; perms: string; dc: boolean };
+        const out = JSON.parse(r.stdout) as { before: Range[]; after: Range[]; exits: number[] };
+        expect(out.exits).to.deep.equal([0, 0]);
+        const key = (x: Range) => `${x.start}-${x.end}`;
+        const after = new Map(out.after.map((x) => [key(x), x]));
+        const both = out.before.filter((x) => after.has(key(x)));
+        // No range that lacked the flag before (thread stacks, malloc's, the Buffers') has it now.
+        const gained = both.filter((x) => !x.dc && after.get(key(x))!.dc);
+        expect(gained.map(key)).to.deep.equal([]);
+        // V8's read-write pages that had it have it again (a few unlike a page may stay without).
+        const v8Pages = both.filter((x) => x.dc && x.perms === 'rw-p');
+        expect(v8Pages.length).to.be.above(20);
+        const back = v8Pages.filter((x) => after.get(key(x))!.dc);
+        expect(back.length / v8Pages.length).to.be.above(0.8);
+      });
+    }
+
     it('warns once when it forks while a worker thread runs (as Python does for threads)', async () => {
       const r = await runScenario('fork_with_worker.js', [], { singleThreaded: true });
       const out = JSON.parse(r.stdout) as { codes: string[]; exits: Array<number | null> };
