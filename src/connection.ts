@@ -110,7 +110,7 @@ const watching = new Set<WeakRef<Connection>>();
 registerAfterFork(() => {
   for (const ref of watching) ref.deref()?._afterFork();
   watching.clear();
-});
+}, () => watching.size > 0);
 
 // ---------------------------------------------------------------------------
 // Waiting for fds on the event loop
@@ -931,17 +931,18 @@ function numericHost(host: string): string {
 }
 
 const unlinkAtExit = new Set<string>();
-let exitHookInstalled = false;
+/** The process whose 'exit' listener unlinks them (a forked child has none of its parent's listeners). */
+let exitHookPid = 0;
 function unlinkLater(p: string): void {
   unlinkAtExit.add(p);
-  if (!exitHookInstalled) {
-    exitHookInstalled = true;
+  if (exitHookPid !== process.pid) {
+    exitHookPid = process.pid;
     process.on('exit', () => {
       for (const f of unlinkAtExit) fs.rmSync(f, { force: true });
     });
   }
 }
-registerAfterFork(() => unlinkAtExit.clear()); // the parent's listeners are not a forked child's to unlink
+registerAfterFork(() => unlinkAtExit.clear(), () => unlinkAtExit.size > 0); // the parent's listeners are not a forked child's to unlink
 
 // ---------------------------------------------------------------------------
 // Authentication (Python 3.12+'s HMAC challenge/response, wire-compatible)

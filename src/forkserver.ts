@@ -201,6 +201,11 @@ export class ForkServer {
     this.conn = -1;
   }
 
+  /** Whether afterFork() has anything to drop. */
+  get inUse(): boolean {
+    return this.conn >= 0 || this.server !== null || this.dir !== null;
+  }
+
   /** In a forked child: the connection is the parent's; the server may be reused. */
   afterFork(): void {
     this.dropConnection();
@@ -210,7 +215,7 @@ export class ForkServer {
 }
 
 export const forkServer = new ForkServer();
-registerAfterFork(() => forkServer.afterFork());
+registerAfterFork(() => forkServer.afterFork(), () => forkServer.inUse);
 
 // ---------------------------------------------------------------------------
 // Server side

@@ -21,14 +21,12 @@ registerAfterFork(() => {
   // the read end stays: it is this child's own view of its parent.
   if (alivePipe) closeFds([alivePipe[1]]);
   alivePipe = null;
-});
+}, () => alivePipe !== null);
 
-// Watchers the parent had are not the child's business.
+// Watchers the parent had are not the child's business: fork() stopped them there
+// (native StopInheritedWatchers), and the child forgets them.
 const liveWatchers = new Set<FdWatcherHandle>();
-registerAfterFork(() => {
-  for (const w of liveWatchers) w.close();
-  liveWatchers.clear();
-});
+registerAfterFork(() => liveWatchers.clear(), () => liveWatchers.size > 0);
 
 // ---------------------------------------------------------------------------
 // worker_threads at a fork: only the forking thread exists in the child, and a worker

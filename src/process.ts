@@ -2,7 +2,7 @@
 import { ProcessError } from './errors';
 import { native } from './native';
 import { captureCallerUrl, type CallerUrl } from './reduction';
-import { checkTimeout, debug, lazyCrypto, pollTimeout, registerAfterFork, signals } from './util';
+import { checkTimeout, debug, lazyCrypto, pollTimeout, signals } from './util';
 import type { BaseContext } from './context';
 
 export interface ProcessOptions<A extends unknown[] = unknown[]> {
@@ -388,10 +388,5 @@ function installExitHook(): void {
     }
   });
 }
-
-// A forked child starts with the parent's bookkeeping: none of it is its own.
-registerAfterFork(() => {
-  exitHookInstalled = false;
-});
 
 export { ProcessError };

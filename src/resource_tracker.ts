@@ -38,7 +38,7 @@ registerAfterFork(() => {
   }
   fd = -1;
   fdPid = -1;
-});
+}, () => fd >= 0);
 
 function encodeAddress(addr: string): string {
   return addr.startsWith('\0') ? `@${addr.slice(1)}` : addr;

@@ -7,7 +7,7 @@ import {
   becomeChild, currentProcess, kState, libraryProcessClasses, ParentProcess, Process, setImportingTargetModule,
 } from './process';
 import { describeFunction, dumps, FunctionRef, loads, resolveFunction, StartMethod } from './reduction';
-import { debug, registerAfterFork, runAfterForkHooks } from './util';
+import { afterForkHooksNeeded, debug, registerAfterFork, runAfterForkHooks } from './util';
 
 export interface LaunchData {
   name: string;
@@ -84,7 +84,7 @@ registerAfterFork(() => {
       /* gone */
     }
   }
-});
+}, () => lifelineFds.length > 0);
 
 let forkserverOfTree: LaunchData['forkserver'] = null;
 export function inheritedForkserver(): LaunchData['forkserver'] {
@@ -237,23 +237,30 @@ export function usePidAccessors(): void {
   pidAccessors = true;
 }
 
-/** Makes a forked copy of Node safe to run JS in: fresh pids, exit through _exit. */
-export function prepareForkedProcess(): void {
+/**
+ * Makes a forked copy of Node safe to run JS in: fresh pids, exit through _exit, the
+ * after-fork hooks (those the parent found needed, or all).
+ */
+export function prepareForkedProcess(hooks: ReturnType<typeof afterForkHooksNeeded> | null = null): void {
   if (pidAccessors) ownPid = native.getpid();
   else usePidAccessors();
   // process.exit() ends in process.reallyExit(); Node's own teardown crashes in a fork.
   (process as unknown as { reallyExit(code: number): void }).reallyExit = (code: number) => native.exitNow(code);
-  runAfterForkHooks();
+  runAfterForkHooks(hooks);
 }
 
 /** Inherited listeners belong to the parent's program; a child starts without them. */
 const inheritedEvents = ['exit', 'beforeExit', 'uncaughtException', 'unhandledRejection', 'uncaughtExceptionMonitor',
   'SIGINT', 'SIGTERM', 'SIGHUP', 'SIGCHLD', 'SIGUSR2', 'SIGPIPE', 'SIGWINCH', 'message', 'disconnect'] as const;
 
-function dropInheritedListeners(): void {
-  // Only where there are some: each first call of Node's code costs a forked child.
+/** The events of inheritedEvents that have listeners in this process. */
+function listenedEvents(): string[] {
   const events = (process as unknown as { _events?: Record<string, unknown> })._events;
-  for (const ev of inheritedEvents) if (events?.[ev] !== undefined) process.removeAllListeners(ev);
+  return inheritedEvents.filter((ev) => events?.[ev] !== undefined);
+}
+
+function dropInheritedListeners(listened: readonly string[] = listenedEvents()): void {
+  for (const ev of listened) process.removeAllListeners(ev);
 }
 
 function installFailureHandlers(exit: (code: number) => void): void {
@@ -348,6 +355,10 @@ function createResourceTracker(): ResourceTracker {
 export interface ForkedChildKit {
   parentInfo: ParentProcess;
   tracker: ResourceTracker;
+  /** Events the child must drop its inherited listeners of (looked up here, not there). */
+  listened: string[];
+  /** The after-fork hooks the child must run (asked here, not there). */
+  hooks: ReturnType<typeof afterForkHooksNeeded>;
 }
 
 let kit: ForkedChildKit | null = null;
@@ -363,8 +374,10 @@ export function forkedChildKit(aliveFd: number): ForkedChildKit {
   const name = currentProcess().name;
   const pid = native.getpid();
   if (!kit || kit.parentInfo.pid !== pid || kit.parentInfo.name !== name || kit.parentInfo.sentinel !== aliveFd) {
-    kit = { parentInfo: new ParentProcess(pid, name, aliveFd), tracker: kit?.tracker ?? createResourceTracker() };
+    kit = { parentInfo: new ParentProcess(pid, name, aliveFd), tracker: kit?.tracker ?? createResourceTracker(), listened: [], hooks: [] };
   }
+  kit.listened = listenedEvents();
+  kit.hooks = afterForkHooksNeeded();
   kit.tracker.hook.enable();
   return kit;
 }
@@ -431,9 +444,9 @@ export function warmForkedChildPath(): void {
 /** The rest of a 'fork' child's life, from inside the call that forked; never returns. */
 export function runForkedChild(proc: Process, childKit: ForkedChildKit, lifelineFd: number): never {
   kit = null;  // this one is in use here: children of this child get their own
-  const { parentInfo, tracker } = childKit;
-  prepareForkedProcess();
-  dropInheritedListeners();
+  const { parentInfo, tracker, listened, hooks } = childKit;
+  prepareForkedProcess(hooks);
+  dropInheritedListeners(listened);
   addLifelineFd(lifelineFd);
   becomeChild(proc, parentInfo);
   if (proc.daemon) native.watchParentDeath(parentInfo.sentinel);

@@ -115,7 +115,7 @@ setSemCallback((ids, errs) => {
 registerAfterFork(() => {
   // The parent's pending waits are not this process's (its native state is reset too).
   pending.clear();
-});
+}, () => pending.size > 0);
 
 function abortReason(signal: AbortSignal): unknown {
   return signal.reason ?? Object.assign(new Error('The operation was aborted'), { name: 'AbortError', code: 'ABORT_ERR' });
@@ -188,7 +188,7 @@ const nameFinalizer = new FinalizationRegistry<{ name: string; pid: number }>(({
 registerAfterFork(() => {
   // Names the parent created are the parent's to unlink.
   liveNames = new Set();
-});
+}, () => liveNames.size > 0);
 
 // ---------------------------------------------------------------------------
 // Options and arguments

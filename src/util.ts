@@ -15,15 +15,29 @@ export function lazyCrypto(): typeof import('node:crypto') {
 /* eslint-enable @typescript-eslint/no-require-imports */
 
 type Hook = () => void;
-const afterForkHooks: Hook[] = [];
+const afterForkHooks: Array<{ hook: Hook; needed: (() => boolean) | null }> = [];
 
-/** Runs in a child created by fork() (fork or forkserver), before any user code. */
-export function registerAfterFork(hook: Hook): void {
-  afterForkHooks.push(hook);
+/**
+ * `hook` runs in a child created by fork() (fork or forkserver), before any user code.
+ * `needed`, if given, says whether this process has anything for the hook to undo: a
+ * 'fork' parent asks it before forking (afterForkHooksNeeded) and its child runs only the
+ * hooks needed, since each first call costs a forked child (a cold copy) ~10-20 µs.
+ */
+export function registerAfterFork(hook: Hook, needed: (() => boolean) | null = null): void {
+  afterForkHooks.push({ hook, needed });
 }
 
-export function runAfterForkHooks(): void {
-  for (const hook of afterForkHooks) hook();
+/** The hooks a child forked now must run (asked in the parent, just before the fork). */
+export function afterForkHooksNeeded(): Hook[] {
+  const out: Hook[] = [];
+  for (const h of afterForkHooks) if (h.needed === null || h.needed()) out.push(h.hook);
+  return out;
+}
+
+/** In a forked child: the hooks afterForkHooksNeeded() gave the parent, or else all. */
+export function runAfterForkHooks(hooks: readonly Hook[] | null = null): void {
+  if (hooks) for (const hook of hooks) hook();
+  else for (const h of afterForkHooks) h.hook();
 }
 
 // ---------------------------------------------------------------------------
@@ -82,7 +96,7 @@ registerAfterFork(() => {
   doorbell.watcher.close();
   closeFds([doorbell.r, doorbell.w]);
   doorbell = null;
-});
+}, () => doorbell !== null);
 
 const debugOn = /\bmultiprocessing\b/.test(process.env.NODE_DEBUG ?? '');
 

@@ -745,6 +745,18 @@ for (const method of methodsUnderTest()) {
       for (const c of [toChild, fromChild]) c.close();
     });
 
+    if (process.platform !== 'win32') it("a child's exit unlinks its own Unix socket Listener, not its parent's", async () => {
+      const mine = new Listener(tmpFile('parent.sock'), { family: 'AF_UNIX' });
+      const theirs = tmpFile('child.sock');
+      const p = await run(targets.listenAndLeave, [theirs]);
+      await within(p.join(), 10_000, 'join');
+      expect(p.exitCode).to.equal(0);
+      expect(fs.existsSync(theirs)).to.equal(false);
+      expect(fs.existsSync(mine.address as string)).to.equal(true);
+      mine.close();
+      expect(fs.existsSync(mine.address as string)).to.equal(false);
+    });
+
     it("never resumes the parent's pending async waits in the child", async () => {
       const file = tmpFile('resumed');
       const [a, b] = Pipe();
