@@ -1,9 +1,11 @@
 // bench/process_start: how long from Process.start() until the target runs, and until
 // join() returns, for each start method, against Node's child_process.fork and Python
 // 3.13's three start methods, measured in the same run.
-//   node dist/bench/process_start.js [runs]
+//   node dist/bench/process_start.js [runs] [rounds]
 // Times come from CLOCK_MONOTONIC in both processes (process.hrtime / time.monotonic_ns),
-// so "target running" is measured in the child itself.
+// so "target running" is measured in the child itself. The rows are measured in rounds
+// (3 by default), each round going through every row: a VM whose speed drifts within a
+// run (ours does, up to 2x) then slows all rows alike, and the ratios hold.
 import { execFileSync, fork as cpFork } from 'node:child_process';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -15,7 +17,8 @@ export function stamp(slot: BigInt64Array): void {
   slot[0] = process.hrtime.bigint();
 }
 
-interface Row { name: string; running: number; joined: number }
+/** One row's samples (ms): start → target running, start → join returned. */
+interface Row { name: string; running: number[]; joined: number[] }
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -48,7 +51,7 @@ async function measureMethod(method: mp.StartMethod, runs: number, target: (slot
     joined.push(Number(t2 - t0) / 1e6);
     p.close();
   }
-  return { name: `node-multiprocessing '${method}'${method === 'forkserver' ? ' (warm)' : ''}`, running: median(running), joined: median(joined) };
+  return { name: `node-multiprocessing '${method}'${method === 'forkserver' ? ' (warm)' : ''}`, running, joined };
 }
 
 async function measureChildProcessFork(runs: number): Promise<Row> {
@@ -64,12 +67,12 @@ async function measureChildProcessFork(runs: number): Promise<Row> {
     running.push(Number(t1 - t0) / 1e6);
     joined.push(Number(t2 - t0) / 1e6);
   }
-  return { name: "node child_process.fork", running: median(running), joined: median(joined) };
+  return { name: "node child_process.fork", running, joined };
 }
 
 function measurePython(runs: number): Row[] {
   const rows = runPython<Row[]>('process_start_py.py', [runs]);
-  return typeof rows === 'string' ? [{ name: `python3.13 unavailable (${rows})`, running: NaN, joined: NaN }] : rows;
+  return typeof rows === 'string' ? [{ name: `python3.13 unavailable (${rows})`, running: [], joined: [] }] : rows;
 }
 
 /**
@@ -96,25 +99,40 @@ export async function main(argv = process.argv.slice(2)): Promise<void> {
     return;
   }
   const runs = Number(argv[0] ?? 30);
-  const rows: Row[] = [];
-  rows.push(measureForkInChild(runs));
-  // Node 26 dropped --use-largepages (it warns and ignores it).
-  if (process.platform === 'linux' && Number(process.versions.node.split('.')[0]) < 26) {
-    rows.push(measureForkInChild(runs, ['--use-largepages=on']));
+  const rounds = Math.max(1, Number(argv[1] ?? 3));
+  const fewer = Math.min(runs, 15);  // spawn-like rows: 50-120 ms each
+  const per = (n: number) => Math.ceil(n / rounds);
+  const rows = new Map<string, Row>();
+  const add = (r: Row) => {
+    const have = rows.get(r.name);
+    if (have) {
+      have.running.push(...r.running);
+      have.joined.push(...r.joined);
+    } else {
+      rows.set(r.name, { name: r.name, running: [...r.running], joined: [...r.joined] });
+    }
+  };
+  for (let round = 0; round < rounds; round++) {
+    add(measureForkInChild(per(runs)));
+    // Node 26 dropped --use-largepages (it warns and ignores it).
+    if (process.platform === 'linux' && Number(process.versions.node.split('.')[0]) < 26) {
+      add(measureForkInChild(per(runs), ['--use-largepages=on']));
+    }
+    add(await measureMethod('forkserver', per(runs)));
+    const bySource = await measureMethod('forkserver', per(runs), stampBySource);
+    add({ ...bySource, name: `${bySource.name}, target sent by source` });
+    add(JSON.parse(execFileSync(process.execPath, [__filename, '--preloaded', String(per(runs))], { encoding: 'utf8' })) as Row);
+    add(await measureMethod('spawn', per(fewer)));
+    add(await measureChildProcessFork(per(fewer)));
+    for (const r of measurePython(per(fewer))) add(r);
   }
-  rows.push(await measureMethod('forkserver', runs));
-  const bySource = await measureMethod('forkserver', runs, stampBySource);
-  rows.push({ ...bySource, name: `${bySource.name}, target sent by source` });
-  rows.push(JSON.parse(execFileSync(process.execPath, [__filename, '--preloaded', String(runs)], { encoding: 'utf8' })) as Row);
-  rows.push(await measureMethod('spawn', Math.min(runs, 15)));
-  rows.push(await measureChildProcessFork(Math.min(runs, 15)));
-  rows.push(...measurePython(Math.min(runs, 15)));
-  const cpf = rows.find((r) => r.name.includes('child_process'))!;
-  console.log(`process_start: median of ${runs} runs (spawn-like rows: ${Math.min(runs, 15)}) on ${os.cpus()[0].model}, ` +
-    `${os.cpus().length} cores, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}`);
+  const table = [...rows.values()].map((r) => ({ name: r.name, running: r.running.length ? median(r.running) : NaN, joined: r.joined.length ? median(r.joined) : NaN }));
+  const cpf = table.find((r) => r.name.includes('child_process'))!;
+  console.log(`process_start: median of ${per(runs) * rounds} runs (spawn-like rows: ${per(fewer) * rounds}) in ${rounds} interleaved rounds ` +
+    `on ${os.cpus()[0].model}, ${os.cpus().length} cores, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}`);
   console.log('| start method | start → target running | start → join returned | vs child_process.fork (running) |');
   console.log('|---|---:|---:|---:|');
-  for (const r of rows) {
+  for (const r of table) {
     const ratio = Number.isFinite(r.running) ? `${(cpf.running / r.running).toFixed(1)}× faster` : '';
     console.log(`| ${r.name} | ${r.running.toFixed(2)} ms | ${r.joined.toFixed(2)} ms | ${ratio} |`);
   }

@@ -1,7 +1,6 @@
 """Python 3.13's side of bench/process_start: start -> target running, start -> join."""
 import json
 import multiprocessing as mp
-import statistics
 import sys
 import time
 
@@ -28,7 +27,7 @@ def measure(method, runs):
         running.append((slot.value - t0) / 1e6)
         joined.append((t2 - t0) / 1e6)
     name = f"python3.13 '{method}'" + (" (warm)" if method == "forkserver" else "")
-    return {"name": name, "running": statistics.median(running), "joined": statistics.median(joined)}
+    return {"name": name, "running": running, "joined": joined}
 
 
 if __name__ == "__main__":
