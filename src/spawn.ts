@@ -7,7 +7,7 @@ import {
   becomeChild, currentProcess, kState, libraryProcessClasses, ParentProcess, Process, setImportingTargetModule,
 } from './process';
 import { describeFunction, dumps, FunctionRef, loads, resolveFunction, StartMethod } from './reduction';
-import { afterForkHooksNeeded, debug, registerAfterFork, runAfterForkHooks } from './util';
+import { afterForkHooksNeeded, debug, registerAfterFork, runAfterForkHooks, type Hook as AfterForkHook } from './util';
 
 export interface LaunchData {
   name: string;
@@ -241,7 +241,7 @@ export function usePidAccessors(): void {
  * Makes a forked copy of Node safe to run JS in: fresh pids, exit through _exit, the
  * after-fork hooks (those the parent found needed, or all).
  */
-export function prepareForkedProcess(hooks: ReturnType<typeof afterForkHooksNeeded> | null = null): void {
+export function prepareForkedProcess(hooks: readonly AfterForkHook[] | null = null): void {
   if (pidAccessors) ownPid = native.getpid();
   else usePidAccessors();
   // process.exit() ends in process.reallyExit(); Node's own teardown crashes in a fork.
@@ -358,7 +358,7 @@ export interface ForkedChildKit {
   /** Events the child must drop its inherited listeners of (looked up here, not there). */
   listened: string[];
   /** The after-fork hooks the child must run (asked here, not there). */
-  hooks: ReturnType<typeof afterForkHooksNeeded>;
+  hooks: AfterForkHook[];
 }
 
 let kit: ForkedChildKit | null = null;

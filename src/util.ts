@@ -14,7 +14,7 @@ export function lazyCrypto(): typeof import('node:crypto') {
 }
 /* eslint-enable @typescript-eslint/no-require-imports */
 
-type Hook = () => void;
+export type Hook = () => void;
 const afterForkHooks: Array<{ hook: Hook; needed: (() => boolean) | null }> = [];
 
 /**
