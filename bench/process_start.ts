@@ -18,6 +18,9 @@ export function stamp(slot: BigInt64Array): void {
 }
 
 /** One row's samples (ms): start → target running, start → join returned. */
+/** Starts before measuring, for every method (Python's side does as many). */
+const WARM_UP_STARTS = 10;
+
 interface Row { name: string; running: number[]; joined: number[] }
 
 function median(xs: number[]): number {
@@ -35,10 +38,13 @@ async function measureMethod(method: mp.StartMethod, runs: number, target: (slot
   const slot = mp.RawArray('q', 1) as unknown as BigInt64Array;
   const running: number[] = [];
   const joined: number[] = [];
-  // One warm-up start: the forkserver itself starts on first use.
-  const warm = new ctx.Process({ target, args: [slot] });
-  warm.start();
-  await warm.join();
+  // Warm-up starts: the forkserver itself starts on first use, and its first children
+  // join late while its own code warms up (Node 20: 8-12 ms for ~10 starts, then ~4.5).
+  for (let i = 0; i < WARM_UP_STARTS; i++) {
+    const warm = new ctx.Process({ target, args: [slot] });
+    warm.start();
+    await warm.join();
+  }
   for (let i = 0; i < runs; i++) {
     slot[0] = 0n;
     const t0 = process.hrtime.bigint();

@@ -5,6 +5,9 @@ import sys
 import time
 
 
+WARM_UP_STARTS = 10  # as bench/process_start.ts
+
+
 def stamp(slot):
     slot.value = time.monotonic_ns()
 
@@ -12,9 +15,10 @@ def stamp(slot):
 def measure(method, runs):
     ctx = mp.get_context(method)
     slot = ctx.Value('q', 0, lock=False)
-    warm = ctx.Process(target=stamp, args=(slot,))
-    warm.start()
-    warm.join()
+    for _ in range(WARM_UP_STARTS):
+        warm = ctx.Process(target=stamp, args=(slot,))
+        warm.start()
+        warm.join()
     running, joined = [], []
     for _ in range(runs):
         slot.value = 0
