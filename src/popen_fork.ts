@@ -46,7 +46,8 @@ if (isSingleThreaded()) {
   });
 }
 
-let restoreTimer: NodeJS.Timeout | null = null;
+/** The armed restore and the process that armed it (a forked child inherits it, armed). */
+let restore: { timer: NodeJS.Timeout; pid: number } | null = null;
 
 /**
  * The fork made V8's heap pages inheritable (MADV_DOFORK, FORK.md). Once this process has
@@ -58,14 +59,20 @@ let restoreTimer: NodeJS.Timeout | null = null;
 const RESTORE_AFTER_MS = 50;
 
 function restoreDontforkLater(): void {
-  if (restoreTimer) {
-    restoreTimer.refresh();
+  const pid = process.pid;
+  if (restore?.pid === pid) {
+    restore.timer.refresh();
     return;
   }
-  restoreTimer = setTimeout(() => {
-    restoreTimer = null;
-    native.restoreDontfork();
-  }, RESTORE_AFTER_MS).unref();
+  const armed = {
+    pid,
+    timer: setTimeout(() => {
+      if (restore === armed) restore = null;
+      // In a forked child the inherited timer fires too: the child's pages are its own business.
+      if (process.pid === pid) native.restoreDontfork();
+    }, RESTORE_AFTER_MS).unref(),
+  };
+  restore = armed;
 }
 
 let warnedOfWorkers = false;
