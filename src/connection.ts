@@ -22,7 +22,7 @@ import {
   inMicrotask, native, UV_DISCONNECT, UV_READABLE, UV_WRITABLE, type FdWatcherHandle, type NativeBinding, type PipeListenerHandle,
 } from './native';
 import { dumps, ENC_JSON, encodeJsonText, exactJsonText, kReduce, loads, registerRebuilder, type RebuildContext, type Reduced, type ReduceContext } from './reduction';
-import { callFromIoCallback, checkTimeout, closeFds, lazyCrypto, pollTimeout, registerAfterFork } from './util';
+import { callFromIoCallback, checkTimeout, closeFds, exitHookPerProcess, lazyCrypto, pollTimeout, registerAfterFork } from './util';
 
 const MAX_MESSAGE = bufferConstants.MAX_LENGTH;
 /** Internal read buffer; messages that do not fit are read into their own buffer. */
@@ -931,16 +931,12 @@ function numericHost(host: string): string {
 }
 
 const unlinkAtExit = new Set<string>();
-/** The process whose 'exit' listener unlinks them (a forked child has none of its parent's listeners). */
-let exitHookPid = 0;
+const ensureUnlinkAtExit = exitHookPerProcess(() => {
+  for (const f of unlinkAtExit) fs.rmSync(f, { force: true });
+});
 function unlinkLater(p: string): void {
   unlinkAtExit.add(p);
-  if (exitHookPid !== process.pid) {
-    exitHookPid = process.pid;
-    process.on('exit', () => {
-      for (const f of unlinkAtExit) fs.rmSync(f, { force: true });
-    });
-  }
+  ensureUnlinkAtExit();
 }
 registerAfterFork(() => unlinkAtExit.clear(), () => unlinkAtExit.size > 0); // the parent's listeners are not a forked child's to unlink
 

@@ -2,7 +2,7 @@
 import { ProcessError } from './errors';
 import { native } from './native';
 import { captureCallerUrl, type CallerUrl } from './reduction';
-import { checkTimeout, debug, lazyCrypto, pollTimeout, signals } from './util';
+import { checkTimeout, debug, exitHookPerProcess, lazyCrypto, pollTimeout, signals } from './util';
 import type { BaseContext } from './context';
 
 export interface ProcessOptions<A extends unknown[] = unknown[]> {
@@ -361,32 +361,25 @@ export function becomeChild(proc: Process, parentInfo: ParentProcess): void {
   current = proc;
   parent = parentInfo;
   children.clear();
-  exitHookInstalled = false;
 }
-
-let exitHookInstalled = false;
 
 /** At exit, as Python does: terminate daemonic children, then wait for all children. */
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.on('exit', () => {
-    const alive = activeChildren();
-    for (const p of alive) if (p.daemon) {
-      try {
-        p.terminate();
-      } catch {
-        /* already gone */
-      }
+const installExitHook = exitHookPerProcess(() => {
+  const alive = activeChildren();
+  for (const p of alive) if (p.daemon) {
+    try {
+      p.terminate();
+    } catch {
+      /* already gone */
     }
-    for (const p of alive) {
-      try {
-        p.joinSync();
-      } catch {
-        /* closed meanwhile */
-      }
+  }
+  for (const p of alive) {
+    try {
+      p.joinSync();
+    } catch {
+      /* closed meanwhile */
     }
-  });
-}
+  }
+});
 
 export { ProcessError };

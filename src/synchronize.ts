@@ -19,7 +19,7 @@ import {
   resolveFunction,
 } from './reduction';
 import * as tracker from './resource_tracker';
-import { checkTimeout, registerAfterFork } from './util';
+import { checkTimeout, exitHookPerProcess, registerAfterFork } from './util';
 import * as os from 'node:os';
 
 // ---------------------------------------------------------------------------
@@ -157,7 +157,10 @@ function waitAsync(sem: SemLock, timeout: number | null, signal: AbortSignal | n
 // Names: the creator unlinks them when done (close, GC, exit).
 
 let liveNames = new Set<string>();
-let exitHookPid = -1;
+const ensureUnlinkNamesAtExit = exitHookPerProcess(() => {
+  for (const n of liveNames) unlinkName(n);
+  liveNames.clear();
+});
 
 function unlinkName(name: string): void {
   try {
@@ -170,13 +173,7 @@ function unlinkName(name: string): void {
 
 function trackName(name: string): void {
   liveNames.add(name);
-  if (exitHookPid !== process.pid) {
-    exitHookPid = process.pid;
-    process.on('exit', () => {
-      for (const n of liveNames) unlinkName(n);
-      liveNames.clear();
-    });
-  }
+  ensureUnlinkNamesAtExit();
   tracker.register('semaphore', name);
 }
 

@@ -40,6 +40,20 @@ export function runAfterForkHooks(hooks: readonly Hook[] | null = null): void {
   else for (const h of afterForkHooks) h.hook();
 }
 
+/**
+ * Returns `ensure()`, which puts `run` on this process's 'exit' once: once per pid, since a
+ * forked child starts without its parent's 'exit' listeners (they are dropped) but with the
+ * parent's memory, where a plain "installed" flag would say yes.
+ */
+export function exitHookPerProcess(run: Hook): () => void {
+  let installedIn = 0;
+  return () => {
+    if (installedIn === process.pid) return;
+    installedIn = process.pid;
+    process.on('exit', run);
+  };
+}
+
 // ---------------------------------------------------------------------------
 // A clean place to fork from. A forked child continues inside the call that forked
 // and runs a nested event loop. Inside a promise continuation V8 would never run the
