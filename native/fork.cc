@@ -74,6 +74,38 @@ std::string ReadOwnMaps() {
   close(fd);
   return maps;
 }
+
+/** A line of /proc/self/maps. */
+struct Mapping {
+  uintptr_t start, end;
+  char perms[8];
+  unsigned long inode;
+  bool named;  // a path or [name] after the inode
+};
+
+/** Calls fn(const Mapping&) for each mapping of this process. */
+template <typename F>
+void ForEachMapping(F fn) {
+  std::string maps = ReadOwnMaps();
+  size_t pos = 0;
+  while (pos < maps.size()) {
+    size_t eol = maps.find('\n', pos);
+    if (eol == std::string::npos) eol = maps.size();
+    unsigned long start = 0, end = 0, offset = 0;
+    Mapping m{};
+    char dev[16] = {0};
+    int name_at = 0;
+    const char* line = maps.c_str() + pos;
+    if (sscanf(line, "%lx-%lx %7s %lx %15s %lu %n", &start, &end, m.perms, &offset, dev, &m.inode, &name_at) >= 6 &&
+        end > start) {
+      m.start = start;
+      m.end = end;
+      m.named = name_at > 0 && pos + static_cast<size_t>(name_at) < eol;
+      fn(m);
+    }
+    pos = eol + 1;
+  }
+}
 #endif
 
 void MadviseDoforkAll() {
@@ -81,25 +113,17 @@ void MadviseDoforkAll() {
   // Now and then the whole pass again, in case a refusing mapping was replaced.
   static unsigned passes = 0;
   if (++passes % 256 != 1 && MadviseDoforkByGaps()) return;
-  std::string maps = ReadOwnMaps();
-  if (maps.empty()) return;
   std::vector<std::pair<uintptr_t, uintptr_t>> refusing;
   uintptr_t highest = 0;
-  size_t pos = 0;
-  while (pos < maps.size()) {
-    size_t eol = maps.find('\n', pos);
-    if (eol == std::string::npos) eol = maps.size();
-    unsigned long start = 0, end = 0;
-    if (sscanf(maps.c_str() + pos, "%lx-%lx", &start, &end) == 2 && end > start) {
-      if (madvise(reinterpret_cast<void*>(start), end - start, MADV_DOFORK) != 0) {
-        // [vvar], [vsyscall] and the like: nothing to do for them, but no gap may cover them.
-        refusing.emplace_back(start, end);
-      } else if (end > highest) {
-        highest = end;
-      }
+  ForEachMapping([&](const Mapping& m) {
+    if (madvise(reinterpret_cast<void*>(m.start), m.end - m.start, MADV_DOFORK) != 0) {
+      // [vvar], [vsyscall] and the like: nothing to do for them, but no gap may cover them.
+      refusing.emplace_back(m.start, m.end);
+    } else if (m.end > highest) {
+      highest = m.end;
     }
-    pos = eol + 1;
-  }
+  });
+  if (highest == 0) return;  // /proc/self/maps unreadable
   // Refusing ranges above every other mapping ([vsyscall]) need no gap of their own.
   while (!refusing.empty() && refusing.back().first >= highest) refusing.pop_back();
   refusing_ranges = std::move(refusing);
@@ -120,21 +144,9 @@ Napi::Value RestoreDontfork(const Napi::CallbackInfo& info) {
 #if defined(MADV_DONTFORK) && defined(__linux__)
   struct Range { uintptr_t start, end; bool anon_rw, reserve; };
   std::vector<Range> ranges;
-  std::string maps = ReadOwnMaps();
-  size_t pos = 0;
-  while (pos < maps.size()) {
-    size_t eol = maps.find('\n', pos);
-    if (eol == std::string::npos) eol = maps.size();
-    unsigned long start = 0, end = 0, offset = 0, inode = 0;
-    char perms[8] = {0}, dev[16] = {0};
-    int name_at = 0;
-    std::string line = maps.substr(pos, eol - pos);
-    if (sscanf(line.c_str(), "%lx-%lx %7s %lx %15s %lu %n", &start, &end, perms, &offset, dev, &inode, &name_at) >= 6) {
-      bool unnamed = name_at == 0 || static_cast<size_t>(name_at) >= line.size();
-      ranges.push_back({start, end, inode == 0 && unnamed && strcmp(perms, "rw-p") == 0, strcmp(perms, "---p") == 0});
-    }
-    pos = eol + 1;
-  }
+  ForEachMapping([&](const Mapping& m) {
+    ranges.push_back({m.start, m.end, m.inode == 0 && !m.named && strcmp(m.perms, "rw-p") == 0, strcmp(m.perms, "---p") == 0});
+  });
   const uintptr_t kV8Page = 256 * 1024;
   for (size_t i = 0; i < ranges.size(); i++) {
     const Range& r = ranges[i];
