@@ -263,6 +263,12 @@ const RELEASED = 0x52;
  * private memory; with two, starts in a row find one ready (preparing one takes a few ms).
  */
 const SPARES = 2;
+/**
+ * A used spare's replacement waits, while another spare is ready, until the server's children
+ * have ended or this long: forking it blocks the server ~1 ms, and a child ending meanwhile
+ * waits that long for its exit status to reach its parent (its join()).
+ */
+const REPLACE_DELAY_MS = 30;
 
 class Server {
   private clients = new Map<number, ClientState>();
@@ -273,6 +279,7 @@ class Server {
   private inChild = false;
   private spares: Spare[] = [];
   private spareScheduled = false;
+  private replaceTimer: NodeJS.Timeout | null = null;
   /** The client that asked last (or connected last): the spare is attached to it. */
   private lastClient: ClientState | null = null;
 
@@ -288,6 +295,23 @@ class Server {
     setTimeout(() => {
       if (!this.hadClient && !this.inChild) this.shutdown();
     }, STARTUP_TIMEOUT_MS).unref();
+    this.makeSpareSoon();
+  }
+
+  /** After a request used a spare: see REPLACE_DELAY_MS. */
+  private replaceSpare(): void {
+    if (this.spares.length === 0) {
+      this.makeSpareSoon();
+      return;
+    }
+    if (this.replaceTimer || this.inChild) return;
+    this.replaceTimer = setTimeout(() => this.replaceSpareNow(), REPLACE_DELAY_MS);
+    this.replaceTimer.unref();
+  }
+
+  private replaceSpareNow(): void {
+    if (this.replaceTimer) clearTimeout(this.replaceTimer);
+    this.replaceTimer = null;
     this.makeSpareSoon();
   }
 
@@ -392,7 +416,7 @@ class Server {
     // The client's next request goes to the next spare.
     if (client) this.lastClient = client;
     this.attachSpare();
-    this.makeSpareSoon();
+    this.replaceSpare();
   }
 
   /** The attached client's connection ended (or broke its framing): that client is gone. */
@@ -531,7 +555,7 @@ class Server {
   private forkChild(payload: Buffer, fds: number[]): void {
     const [status, stdin, stdout, stderr, ...launchFds] = fds;
     if (this.assignSpare(payload, status, fds.slice(1))) {
-      this.makeSpareSoon();
+      this.replaceSpare();
       return;
     }
     let pid: number;
@@ -564,6 +588,8 @@ class Server {
   /** In a freshly forked child: drop every server resource. */
   private dropServerResources(): void {
     process.removeListener('SIGCHLD', this.reap);
+    if (this.replaceTimer) clearTimeout(this.replaceTimer);
+    this.replaceTimer = null;
     this.listenWatcher?.close();
     for (const c of this.clients.values()) c.watcher.close();
     closeFds([this.listenFd, ...this.clients.keys(), ...[...this.kids.values()].filter((fd) => fd >= 0)]);
@@ -605,6 +631,7 @@ class Server {
         closeFds([status]);
       }
     }
+    if (this.replaceTimer && this.kids.size === 0) this.replaceSpareNow();
   };
 
   /** True if pid has ended (and is reaped). */

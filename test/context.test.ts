@@ -223,6 +223,22 @@ if (methodsUnderTest().includes('forkserver')) {
       expect(forkServer.serverPid).to.equal(server);
     });
 
+    it('replaces a spare taken by a long-running child without waiting for that child to end', async () => {
+      // The replacement waits for the server's children to end (see REPLACE_DELAY_MS), but not for ever.
+      const { server, spares } = await serverWithSpares();
+      const p = new ctx.Process({ target: t.sleepFor, args: [20_000] });
+      p.start();
+      try {
+        expect(spares).to.include(p.pid);
+        await waitUntil(() => childrenOf(server).filter((pid) => pid !== p.pid).length === 2, 5000, 'a replacement spare');
+        expect(p.isAlive()).to.equal(true);
+      } finally {
+        p.terminate();
+        await within(p.join(), 15_000, 'join');
+      }
+      expect(p.exitCode).to.equal(-15);
+    });
+
     it('hands a request to the attached spare itself: a child starts while the server is stopped', async () => {
       // Once the replacement is forked, the other spare has been attached to this client.
       const { server, spares } = await serverWithSpares();
