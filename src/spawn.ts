@@ -216,6 +216,9 @@ async function runBody(proc: Process): Promise<number> {
 
 /** Leaves the child: 'exit' listeners run, then (forked) _exit through reallyExit. */
 function exitProcess(code: number): never {
+  // A clean end leaves process.exitCode as a natural exit does: the setter that
+  // process.exit(0) runs costs a forked child ~0.15 ms of first-touch page faults.
+  if (code === 0 && !process.exitCode) process.exit();
   process.exit(code);
 }
 

@@ -78,6 +78,18 @@ for (const method of methodsUnderTest()) {
       expect([a.exitCode, b.exitCode, c.exitCode]).to.deep.equal([1, 7, 1]);
     });
 
+    it("runs the child's 'exit' listeners as a plain node script ends: exitCode unset, or the one set", async () => {
+      const [fileA, fileB] = [tmpFile('exit-a'), tmpFile('exit-b')];
+      const a = new ctx.Process({ target: t.recordExit, args: [fileA, null] });
+      const b = new ctx.Process({ target: t.recordExit, args: [fileB, 5] });
+      a.start();
+      b.start();
+      await within(Promise.all([a.join(), b.join()]), 15_000, 'join');
+      expect([a.exitCode, b.exitCode]).to.deep.equal([0, 5]);
+      expect(readJson(fileA)).to.deep.equal({ arg: 0, exitCode: null });
+      expect(readJson(fileB)).to.deep.equal({ arg: 5, exitCode: 5 });
+    });
+
     it('awaits an async target', async () => {
       const file = tmpFile('async');
       const p = new ctx.Process({ target: t.asyncWrite, args: [file, 100] });
