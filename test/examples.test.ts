@@ -50,6 +50,15 @@ describe('tutorial examples', function () {
     expect(lines(r.stdout).filter((l) => l.startsWith('Sent'))).to.have.length(4);
   });
 
+  it('listener_client: workers found by address square every job; a wrong key is refused on both sides', async () => {
+    const r = await run('listener_client');
+    expect(r.code, r.stderr).to.equal(0);
+    expect(r.stdout).to.match(/^2 workers connected to \S+socket$/m);
+    expect(r.stdout.split('\n').filter((l) => l.includes('²'))).to.deep.equal(
+      ['1² = 1', '2² = 4', '3² = 9', '4² = 16', '5² = 25', '6² = 36']);
+    expect(r.stdout).to.contain('client with a wrong key: AuthenticationError; listener: AuthenticationError');
+  });
+
   it('bank_balance: the balance ends where it started, every time', async () => {
     const r = await run('bank_balance');
     expect(r.code, r.stderr).to.equal(0);
