@@ -24,8 +24,10 @@ export async function worker(address: string, id: number): Promise<void> {
 }
 
 async function main(): Promise<void> {
+  // A Unix socket in a private directory; Windows has named pipes instead.
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mp-example-'));
-  const listener = new mp.connection.Listener({ address: path.join(dir, 'socket'), authkey: AUTHKEY });
+  const at = process.platform === 'win32' ? `\\\\.\\pipe\\mp-example-${process.pid}` : path.join(dir, 'socket');
+  const listener = new mp.connection.Listener({ address: at, authkey: AUTHKEY });
   const address = listener.address as string;
   const workers = [1, 2].map((id) => new mp.Process({ target: worker, args: [address, id] }));
   for (const w of workers) w.start();
@@ -36,11 +38,17 @@ async function main(): Promise<void> {
   // Hand out jobs to whichever worker is free: wait() says which connections have a reply.
   const jobs = [1, 2, 3, 4, 5, 6];
   const results: Reply[] = [];
+  // (A worker told to stop closes its end, which wait() reports too: only busy ones are waited on.)
+  const busy = new Set(conns);
   for (const conn of conns) conn.send(jobs.shift()!);
-  while (results.length < 6) {
-    for (const conn of await mp.connection.wait(conns, 10_000)) {
+  while (busy.size > 0) {
+    const ready = await mp.connection.wait(busy, 10_000);
+    if (ready.length === 0) throw new Error('no worker answered within 10 s');
+    for (const conn of ready) {
       results.push((await conn.recv()) as Reply);
-      conn.send(jobs.length > 0 ? jobs.shift()! : null);
+      const next = jobs.shift();
+      conn.send(next ?? null);
+      if (next === undefined) busy.delete(conn);
     }
   }
   for (const r of results.sort((a, b) => a.job - b.job)) console.log(`${r.job}² = ${r.square}`);
