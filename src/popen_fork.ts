@@ -34,17 +34,16 @@ registerAfterFork(() => liveWatchers.clear(), () => liveWatchers.size > 0);
 // Python 3.12+ warns when a multi-threaded process forks; so do we, once, when a worker
 // started after this library loaded is running (process 'worker' event).
 
-let workersOf = { pid: 0, live: new Set<object>() };
+const liveWorkers = new Set<object>();
 
 if (isSingleThreaded()) {
   process.on('worker', (worker) => {
-    // A forked child inherits the parent's set: those workers do not exist in it.
-    if (workersOf.pid !== process.pid) workersOf = { pid: process.pid, live: new Set() };
-    const { live } = workersOf;
-    live.add(worker);
-    worker.once('exit', () => live.delete(worker));
+    liveWorkers.add(worker);
+    worker.once('exit', () => liveWorkers.delete(worker));
   });
 }
+// A forked child inherits the parent's set: those workers do not exist in it.
+registerAfterFork(() => liveWorkers.clear(), () => liveWorkers.size > 0);
 
 /** The armed restore and the process that armed it (a forked child inherits it, armed). */
 let restore: { timer: NodeJS.Timeout; pid: number } | null = null;
@@ -78,10 +77,10 @@ function restoreDontforkLater(): void {
 let warnedOfWorkers = false;
 
 function warnIfWorkersRun(): void {
-  if (warnedOfWorkers || workersOf.pid !== process.pid || workersOf.live.size === 0) return;
+  if (warnedOfWorkers || liveWorkers.size === 0) return;
   warnedOfWorkers = true;
   process.emitWarning(
-    `fork() while ${workersOf.live.size} worker thread(s) run: only the thread that forks exists in the child, ` +
+    `fork() while ${liveWorkers.size} worker thread(s) run: only the thread that forks exists in the child, ` +
       'and a worker holding a process-wide lock at that moment would block the child for ever. ' +
       "Start processes before starting workers, or use the 'forkserver' start method.",
     { type: 'MultiprocessingWarning', code: 'MP_FORK_WITH_WORKERS' },
